@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny shapes data set (made once per test session) and config writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from visionkit import load_config
+from visionkit.data.datasets.synthetic import generate_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """240 shapes scenes at 32 px."""
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    generate_shapes(root, num_images=240, size=32, seed=0)
+    return root
+
+
+def tiny_config_dict(shapes_root: Path, **over) -> dict:
+    """A LeNet-5 classification config on the tiny shapes set that trains in a few seconds."""
+    cfg = {
+        "task": "classification",
+        "model": {"backbone": {"name": "lenet5"}},
+        "data": {
+            "dataset": "shapes", "root": str(shapes_root), "image_size": 32,
+            "synth": {"num_images": 240, "size": 32, "seed": 0},
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+            "batch_size": 32, "num_workers": 0,
+        },
+        "train": {
+            "epochs": 2, "device": "cpu", "log_every": 1, "vis_images": 4, "progress": False,
+            "optimizer": {"name": "adam", "lr": 3e-3, "weight_decay": 0.0},
+            "schedule": {"name": "cosine"},
+        },
+    }
+    for key, value in over.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path, shapes_root):
+    """Write a tiny config (with dotted-key changes) to a file and return its path."""
+
+    def make(name: str = "tiny.yaml", **over) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(tiny_config_dict(shapes_root, **over)))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def tiny_cfg(make_config):
+    def build(**over):
+        return load_config(make_config(**over))
+
+    return build

@@ -1,0 +1,170 @@
+"""The CLI as a user runs it: a subprocess, its exit code, its one-line errors, its files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "visionkit", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=600)
+
+
+def test_train_eval_predict_info_end_to_end(make_config, tmp_path):
+    cfg = make_config(**{"train.epochs": 1})
+    run_dir = tmp_path / "run"
+    r = run("train", cfg, "train.optimizer.lr=1e-3", "--run-dir", run_dir)
+    assert r.returncode == 0, r.stderr
+    assert f"tensorboard --logdir {run_dir}" in r.stdout
+    assert "run directory" in r.stdout
+    assert (run_dir / "config.yaml").read_text().count("lr: 0.001") == 1
+
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    out = tmp_path / "test.json"
+    r = run("eval", cfg, "--checkpoint", ckpt, "--split", "test", "--output", out)
+    assert r.returncode == 0, r.stderr
+    assert "accuracy" in r.stdout and "top5" in r.stdout
+    record = json.loads(out.read_text())
+    assert record["split"] == "test" and record["samples"] == 24
+    assert 0 <= record["metrics"]["accuracy"] <= 1 and len(record["confusion_matrix"]) == 6
+
+    shapes_root = Path(__import__("yaml").safe_load(cfg.read_text())["data"]["root"])
+    inputs = sorted(shapes_root.glob("star/*.png"))[:2]
+    pred_dir = tmp_path / "pred"
+    r = run("predict", cfg, *inputs, "--checkpoint", ckpt, "--out", pred_dir)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith(str(inputs[0].parent))]
+    assert len(lines) == 2 and all(":" in line for line in lines)
+    preds = json.loads((pred_dir / "predictions.json").read_text())
+    assert [p["path"] for p in preds] == [str(p) for p in inputs]
+    assert all(abs(sum(p["scores"].values()) - 1) < 1e-4 for p in preds)
+    assert len(list(pred_dir.glob("*.png"))) == 2
+
+    r = run("info", cfg, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["backbone"] == "lenet5" and info["params"] > 10_000 and info["gflops"] > 0
+
+
+def test_config_show_prints_the_resolved_config(make_config):
+    r = run("config", "show", make_config(), "train.epochs=5")
+    assert r.returncode == 0
+    assert "epochs: 5" in r.stdout and "num_workers: 0" in r.stdout
+
+
+def test_info_lists_registries():
+    r = run("info")
+    assert r.returncode == 0
+    assert "classification" in r.stdout and "resnet50" in r.stdout and "shapes" in r.stdout
+
+
+def test_data_synth_writes_the_layout(tmp_path):
+    r = run("data", "synth", "shapes", "--out", tmp_path / "s", "--num-images", "30", "--size", "32")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "s" / "meta.json").exists() and len(list((tmp_path / "s").glob("*/*.png"))) == 30
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["train"], 2, "usage"),
+    (["train", "nope.yaml"], 2, "config file 'nope.yaml' does not exist"),
+    (["frobnicate"], 2, "invalid choice"),
+])
+def test_usage_errors_exit_2(args, code, needle):
+    r = run(*args)
+    assert r.returncode == code
+    assert needle in r.stderr
+
+
+def test_unknown_key_exits_2_with_suggestion_and_no_traceback(make_config):
+    r = run("train", make_config(), "train.optimiser.lr=0.1")
+    assert r.returncode == 2
+    assert "unknown key 'train.optimiser'" in r.stderr and "did you mean 'optimizer'" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_missing_data_root_names_the_path(make_config, tmp_path):
+    missing = tmp_path / "no-such-dir"
+    cfg = make_config(**{"data.dataset": "image_folder", "data.root": str(missing)})
+    r = run("train", cfg, "--run-dir", tmp_path / "r")
+    assert r.returncode == 1
+    assert str(missing) in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()  # nothing written for a run that cannot start
+
+
+def _write_folder(root: Path, classes=("a", "b"), per_class=6, empty=()):
+    from PIL import Image
+
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        if c in empty:
+            continue
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), (i * 20, 100, 50)).save(root / c / f"{i}.png")
+
+
+def test_empty_class_folder_names_it(make_config, tmp_path):
+    root = tmp_path / "imgs"
+    _write_folder(root, classes=("cat", "dog"), empty=("dog",))
+    cfg = make_config(**{"data.dataset": "image_folder", "data.root": str(root)})
+    r = run("train", cfg, "--run-dir", tmp_path / "r")
+    assert r.returncode == 1
+    assert str(root / "dog") in r.stderr and "no images" in r.stderr
+
+
+def test_unreadable_image_names_the_file(make_config, tmp_path):
+    root = tmp_path / "imgs"
+    _write_folder(root, classes=("cat", "dog"), per_class=20)
+    bad = root / "cat" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    cfg = make_config(**{"data.dataset": "image_folder", "data.root": str(root), "data.image_size": 16,
+                         "model.backbone.name": "resnet18_w32", "train.epochs": 1})
+    r = run("train", cfg, "--run-dir", tmp_path / "r")
+    assert r.returncode == 1
+    assert str(bad) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_checkpoint_of_another_architecture_is_refused(make_config, tmp_path):
+    cfg = make_config(**{"train.epochs": 1})
+    assert run("train", cfg, "--run-dir", tmp_path / "r").returncode == 0
+    ckpt = tmp_path / "r" / "checkpoints" / "last.pt"
+    r = run("eval", cfg, "--checkpoint", ckpt, "model.backbone.name=resnet18_w32")
+    assert r.returncode == 1
+    assert str(ckpt) in r.stderr and "lenet5" in r.stderr and "resnet18_w32" in r.stderr
+
+
+def test_existing_run_dir_is_never_overwritten(make_config, tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    r = run("train", make_config(), "--run-dir", run_dir)
+    assert r.returncode == 2
+    assert "--resume" in r.stderr and str(run_dir) in r.stderr
+    assert [p.name for p in run_dir.iterdir()] == ["notes.txt"]
+    assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_resume_without_checkpoint_fails_and_never_starts_fresh(make_config, tmp_path):
+    r = run("train", make_config(), "--run-dir", tmp_path / "empty", "--resume")
+    assert r.returncode == 1
+    assert "no checkpoint to resume" in r.stderr
+    assert not (tmp_path / "empty").exists()
+
+
+def test_tools_wrappers_call_the_same_functions(make_config, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), str(make_config(**{"train.epochs": 1})),
+                        "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "eval.py"), str(make_config(**{"train.epochs": 1})),
+                        "--checkpoint", str(tmp_path / "r" / "checkpoints" / "last.pt")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "accuracy" in r.stdout

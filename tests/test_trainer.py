@@ -1,0 +1,138 @@
+"""The shared trainer on a tiny classification run: learning, resume, logs, eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from visionkit import Trainer, load_config
+from visionkit.engine.hooks import Hook
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_loss_falls_and_run_dir_has_everything(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 4})
+    trainer = Trainer(cfg, tmp_path / "run", log=lambda *a: None)
+    metrics = trainer.fit()
+    run = tmp_path / "run"
+    records = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
+    first = sum(r["loss"] for r in records[:3]) / 3
+    last = sum(r["loss"] for r in records[-3:]) / 3
+    assert last < 0.8 * first, (first, last)
+    assert metrics["accuracy"] > 1 / 6  # better than chance on 6 classes
+    assert (run / "config.yaml").exists() and (run / "split.json").exists()
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+
+
+class StopAfter(Hook):
+    """Simulates an interrupted run: stop after ``n`` epochs (after the checkpoint is written)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def after_epoch(self, trainer):
+        if trainer.epoch >= self.n:
+            trainer.should_stop = True
+
+
+def test_resume_continues_at_the_right_epoch_with_equal_state(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 3, "train.optimizer.name": "sgd", "train.optimizer.lr": 0.05})
+    full = Trainer(cfg, tmp_path / "full", log=lambda *a: None)
+    full.fit()
+
+    part = Trainer(cfg, tmp_path / "part", hooks=[StopAfter(1)], log=lambda *a: None)
+    part.fit()
+    assert part.epoch == 1
+    logs = []
+    resumed = Trainer(cfg, tmp_path / "part", resume=True, log=logs.append)
+    assert resumed.epoch == 0  # restored in fit()
+    resumed.fit()
+    assert any("resumed from" in m and "epoch 1" in m for m in logs)
+    assert resumed.epoch == 3 and resumed.global_step == full.global_step
+    assert resumed.scheduler.state_dict()["last_epoch"] == full.scheduler.state_dict()["last_epoch"]
+    for a, b in zip(resumed.optimizer.state_dict()["state"].values(), full.optimizer.state_dict()["state"].values()):
+        assert torch.allclose(a["momentum_buffer"], b["momentum_buffer"], atol=1e-6)
+    for (name, a), b in zip(resumed.task.state_dict().items(), full.task.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    # logged steps never go back after the resume
+    steps = [r["step"] for r in read_jsonl(tmp_path / "part" / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == sorted(steps)
+
+
+def test_resume_of_a_finished_run_does_nothing(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 1})
+    Trainer(cfg, tmp_path / "r", log=lambda *a: None).fit()
+    before = (tmp_path / "r" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    logs = []
+    Trainer(cfg, tmp_path / "r", resume=True, log=logs.append).fit()
+    assert any("already finished" in m for m in logs)
+    assert (tmp_path / "r" / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_tensorboard_events_hold_the_expected_tags(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(tiny_cfg(**{"train.epochs": 1}), tmp_path / "tb", log=lambda *a: None).fit()
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ["train/loss", "train/loss_ce", "train/lr", "train/images_per_s", "train/data_wait_s",
+                "train/step_s", "train/data_share", "val/accuracy", "val/mean_class_accuracy"]:
+        assert tag in tags["scalars"], tag
+    assert "val/samples" in tags["images"]
+    assert any(t.startswith("config") for t in tags["tensors"])  # add_text is stored as a tensor
+    lr = acc.Scalars("train/lr")
+    assert all(e.value > 0 for e in lr)
+
+
+def test_eval_reproduces_the_validation_metrics(tiny_cfg, tmp_path):
+    from visionkit import api
+
+    cfg = tiny_cfg(**{"train.epochs": 2})
+    trainer = Trainer(cfg, tmp_path / "e", log=lambda *a: None)
+    val = trainer.fit()
+    metrics, details, out = api.evaluate(cfg, tmp_path / "e" / "checkpoints" / "last.pt", "val", log=lambda *a: None)
+    assert metrics == pytest.approx(val, abs=1e-9)
+    assert len(details["confusion_matrix"]) == 6 and sum(map(sum, details["confusion_matrix"])) == 24
+    assert json.loads(out.read_text())["metrics"] == pytest.approx(val)
+
+
+def test_final_test_scores_the_test_split_only_at_the_end(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 1, "train.final_test": True})
+    Trainer(cfg, tmp_path / "t", log=lambda *a: None).fit()
+    test = json.loads((tmp_path / "t" / "test_metrics.json").read_text())
+    assert 0 <= test["accuracy"] <= 1
+    splits = {r["split"] for r in read_jsonl(tmp_path / "t" / "metrics.jsonl")}
+    assert splits == {"train", "val", "test"}
+
+
+def test_split_is_saved_and_reused(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 1})
+    Trainer(cfg, tmp_path / "s", log=lambda *a: None).fit()
+    split = json.loads((tmp_path / "s" / "split.json").read_text())
+    assert [len(split[k]) for k in ("train", "val", "test")] == [192, 24, 24]
+    assert not set(split["train"]) & set(split["test"])
+
+
+def test_early_stopping_and_grad_accumulation(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 6, "train.early_stopping": 1, "train.accumulate": 2,
+                      "train.optimizer.lr": 0.0, "train.clip_grad_norm": 1.0})
+    logs = []
+    trainer = Trainer(cfg, tmp_path / "es", log=logs.append)
+    trainer.fit()
+    assert trainer.epoch < 6 and any("early stopping" in m for m in logs)
+    assert trainer.global_step == trainer.epoch * 3  # 6 batches per epoch, 2 per optimizer step
+
+
+def test_multi_label_mode(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 1, "model.head.multi_label": True})
+    metrics = Trainer(cfg, tmp_path / "ml", log=lambda *a: None).fit()
+    assert set(metrics) == {"accuracy", "exact_match", "mAP"}
+    assert 0 <= metrics["mAP"] <= 1

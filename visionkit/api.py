@@ -1,0 +1,112 @@
+"""The functions behind every CLI command; notebooks and tools/*.py call the same ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.utils import save_image
+
+from visionkit.config import Config, load_config
+from visionkit.engine.checkpoint import load_checkpoint
+from visionkit.engine.trainer import Trainer, resolve_device
+from visionkit.errors import CheckpointError, DataError
+from visionkit.registry import TASKS
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def _cfg(config: str | Path | Config, overrides: Iterable[str] = ()) -> Config:
+    return config if isinstance(config, Config) else load_config(config, list(overrides))
+
+
+def train(config, overrides: Sequence[str] = (), run_dir=None, resume=False, log=print) -> Trainer:
+    """Train a model from a config; returns the finished Trainer (``trainer.run_dir`` has it all)."""
+    trainer = Trainer(_cfg(config, overrides), run_dir, resume=resume, log=log)
+    trainer.fit()
+    return trainer
+
+
+def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Sequence[str] = (),
+             log=print) -> tuple[dict, dict, Path]:
+    """Score ``checkpoint`` on ``split``; writes the metrics and details as JSON.
+
+    The JSON goes to ``output`` or, by default, ``eval_<split>.json`` beside the run's checkpoints.
+    """
+    cfg = _cfg(config, overrides)
+    trainer = Trainer(cfg, checkpoint=checkpoint, log=log)
+    metrics, details = trainer.evaluate(split, with_details=True)
+    out = Path(output) if output else Path(checkpoint).parent.parent / f"eval_{split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": str(checkpoint), "split": split, "samples": len(trainer.datasets[split]),
+              "metrics": metrics, **details}
+    out.write_text(json.dumps(record, indent=2))
+    return metrics, details, out
+
+
+def list_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and the images inside given directories (recursively, sorted)."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"input '{p}' does not exist")
+    if not files:
+        raise DataError("no input images found; pass image files or folders holding them")
+    return files
+
+
+def load_task(cfg: Config, checkpoint) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the task a checkpoint was trained as, without reading any data set."""
+    state = load_checkpoint(checkpoint)
+    meta = state.get("meta", {})
+    if meta.get("task") != cfg.task or meta.get("backbone") != cfg.model.backbone.name:
+        raise CheckpointError(
+            f"checkpoint '{checkpoint}' holds a {meta.get('task')} model on {meta.get('backbone')}, "
+            f"but the config builds {cfg.task} on {cfg.model.backbone.name}; use the checkpoint's own config"
+        )
+    task = TASKS.get(cfg.task).from_config(cfg, {"classes": meta["classes"]})
+    task.load_state_dict(state["model"])
+    return task.eval(), meta
+
+
+def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: Sequence[str] = (),
+            log=print) -> list[dict]:
+    """Predict every input image; prints one line each and, with ``out_dir``, writes drawings and
+    ``predictions.json``."""
+    cfg = _cfg(config, overrides)
+    device = resolve_device(cfg.train.device)
+    task, _ = load_task(cfg, checkpoint)
+    task.to(device)
+    transform = type(task).sample_transform(cfg, train=False)
+    mode = ImageReadMode.GRAY if cfg.data.channels == 1 else ImageReadMode.RGB
+    out = Path(out_dir) if out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, path in enumerate(list_images(inputs)):
+        try:
+            image = decode_image(str(path), mode=mode)
+        except (RuntimeError, ValueError) as e:
+            raise DataError(f"cannot decode image '{path}': {e}") from None
+        sample = transform({"image": image, "path": str(path)})
+        batch = {"images": sample["image"][None].to(device)}
+        with torch.no_grad():
+            preds = task.predict(batch)
+        rec = {"path": str(path), **task.record(preds, 0)}
+        records.append(rec)
+        log(f"{path}: {task.describe(preds, 0)}")
+        if out:
+            vis = task.visualize(batch, preds, 1)
+            save_image(vis.float() / 255, out / f"{i:05d}_{path.stem}.png")
+    if out:
+        (out / "predictions.json").write_text(json.dumps(records, indent=2))
+        log(f"wrote {len(records)} drawings and predictions.json to {out}")
+    return records

@@ -1,0 +1,217 @@
+"""``visionkit`` command line: each subcommand parses arguments and calls one library function.
+
+Exit codes: 0 ok, 2 config or usage error, 1 any other failure. Errors print as one line;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from visionkit.errors import VisionKitError
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visionkit", description="Train, evaluate and use image models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a config")
+    _add_config(p)
+    p.add_argument("--run-dir", help="run directory (default: runs/<config>/<time>)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                   help="continue --run-dir from its last checkpoint, or from PATH")
+
+    p = sub.add_parser("eval", help="score a checkpoint on the val or test split")
+    _add_config(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("--output", help="metrics JSON (default: <run dir>/eval_<split>.json)")
+
+    p = sub.add_parser("predict", help="predict images with a checkpoint")
+    p.add_argument("config")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (and key=value overrides)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", help="folder for drawings and predictions.json")
+
+    p = sub.add_parser("info", help="list what is registered; with a config, its size and FLOPs")
+    p.add_argument("config", nargs="?")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--models", action="store_true", help="every backbone's parameters and GFLOPs at 224 px")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("config", help="config tools")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="print the resolved config")
+    _add_config(show)
+
+    p = sub.add_parser("data", help="data tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    synth = dsub.add_parser("synth", help="generate a built-in synthetic data set")
+    synth.add_argument("name", choices=("shapes",))
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--num-images", type=int, default=3000)
+    synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _split_overrides(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """predict takes inputs and key=value overrides in one list; a token with '=' that is not an
+    existing file is an override."""
+    inputs, overrides = [], []
+    for t in tokens:
+        (overrides if "=" in t and not Path(t).exists() else inputs).append(t)
+    return inputs, overrides
+
+
+def cmd_train(args) -> int:
+    from visionkit import api
+
+    trainer = api.train(args.config, args.overrides, run_dir=args.run_dir, resume=args.resume)
+    if trainer.last_metrics:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in trainer.last_metrics.items())
+        print(f"final val: {shown}")
+    print(f"run directory: {trainer.run_dir}")
+    return 0
+
+
+def print_table(metrics: dict) -> None:
+    width = max((len(k) for k in metrics), default=6)
+    print(f"{'metric':<{width}}  value")
+    for k, v in metrics.items():
+        print(f"{k:<{width}}  {v:.4f}")
+
+
+def cmd_eval(args) -> int:
+    from visionkit import api
+
+    metrics, _, out = api.evaluate(args.config, args.checkpoint, args.split, args.output, args.overrides)
+    print_table(metrics)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from visionkit import api
+
+    inputs, overrides = _split_overrides(args.inputs)
+    api.predict(args.config, args.checkpoint, inputs, args.out, overrides)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from visionkit.registry import BACKBONES, DATASETS, TASKS
+    import visionkit.models.backbones  # noqa: F401
+    import visionkit.data.datasets.sources  # noqa: F401
+
+    if args.models:
+        from visionkit.models.stats import model_stats
+
+        rows = [model_stats(n) for n in BACKBONES.names()]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"{'backbone':<22} {'params':>12} {'GFLOPs@224':>11}")
+            for r in rows:
+                print(f"{r['name']:<22} {r['params']:>12,} {r['gflops']:>11.2f}")
+        return 0
+    if args.config:
+        from visionkit.config import load_config
+        from visionkit.models.stats import count_macs, count_params
+        from visionkit.data.build import build_source
+
+        cfg = load_config(args.config, args.overrides)
+        classes = build_source(cfg).classes
+        task = TASKS.get(cfg.task).from_config(cfg, {"classes": classes})
+        size = cfg.data.image_size
+        out = {"config": args.config, "task": cfg.task, "backbone": cfg.model.backbone.name,
+               "classes": len(classes), "params": count_params(task),
+               "trainable_params": sum(p.numel() for p in task.parameters() if p.requires_grad),
+               "image_size": size, "gflops": count_macs(task, size, cfg.data.channels) / 1e9}
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            for k, v in out.items():
+                print(f"{k:<17} {v:,.4f}" if isinstance(v, float) else f"{k:<17} {v}")
+        return 0
+    reg = {"tasks": TASKS.names(), "backbones": BACKBONES.names(), "datasets": DATASETS.names()}
+    if args.json:
+        print(json.dumps(reg, indent=2))
+    else:
+        for k, v in reg.items():
+            print(f"{k}: {', '.join(v)}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from visionkit.config import load_config
+
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from visionkit.data.datasets.synthetic import generate_shapes
+
+    out = generate_shapes(args.out, num_images=args.num_images, size=args.size, seed=args.seed, progress=True)
+    print(f"wrote {args.num_images} images to {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info,
+            "config": cmd_config, "data": cmd_data}
+
+
+def one_line(e: BaseException) -> str:
+    """The user's message of ``e``, also when a DataLoader worker wrapped it in its traceback."""
+    text = str(e).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    # overrides may stand anywhere on the line, also after options (argparse stops at the first)
+    args, extra = parser.parse_known_args(argv)  # usage errors exit 2 here
+    if extra:
+        if hasattr(args, "overrides") and all("=" in t and not t.startswith("-") for t in extra):
+            args.overrides = [*args.overrides, *extra]
+        elif hasattr(args, "inputs") and not any(t.startswith("-") for t in extra):
+            args.inputs = [*args.inputs, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.debug = debug
+    try:
+        return COMMANDS[args.command](args)
+    except VisionKitError as e:
+        if args.debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  (one line for users; --debug for developers)
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: {type(e).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

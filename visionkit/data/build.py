@@ -1,0 +1,163 @@
+"""From the ``data`` config section to train/val/test datasets and loaders.
+
+A registered dataset source returns either the data set's own splits or one pool of samples with
+a label per sample; a pool is split once, stratified and seeded, and the split is saved as
+``split.json`` in the run directory so resume and eval score exactly the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from visionkit.data.collate import collate_samples
+from visionkit.data.splits import load_split, save_split, stratified_split
+from visionkit.errors import DataError
+from visionkit.registry import DATASETS
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Source:
+    """What a dataset builder returns: own ``splits`` or one ``pool`` with ``targets`` to split."""
+
+    classes: list[str]
+    splits: dict[str, Dataset] | None = None
+    pool: Dataset | None = None
+    targets: list[int] | None = None
+    info: dict = field(default_factory=dict)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends only on (seed, epoch, index): augmentation of a sample is the
+    same whatever worker, batch position or resume produced it."""
+    digest = hashlib.blake2b(struct.pack("<qqq", seed, epoch, index), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class SplitView(Dataset):
+    """The samples ``indices`` of ``base`` with the task's transform.
+
+    Training items arrive as ``(epoch, position)`` from :class:`EpochSampler`; the random
+    augmentation of each is seeded from (seed, epoch, sample index) inside a forked RNG, so it is
+    reproducible without touching the global RNG of the process.
+    """
+
+    def __init__(self, base: Dataset, indices: list[int] | None, transform: Callable, seed: int = 0):
+        self.base = base
+        self.indices = list(range(len(base))) if indices is None else list(indices)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        epoch, pos = item if isinstance(item, tuple) else (None, item)
+        index = self.indices[pos]
+        sample = self.base[index]
+        if sample is None:  # unreadable and data.on_error=skip
+            return None
+        if epoch is None:
+            return self.transform(sample)
+        state = torch.get_rng_state()
+        try:
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.transform(sample)
+        finally:
+            torch.set_rng_state(state)
+
+
+class EpochSampler(Sampler):
+    """Shuffles with a generator seeded by (seed, epoch) and yields ``(epoch, position)``.
+
+    The order of an epoch is a pure function of the seed and the epoch number, so a resumed run
+    sees the same order; ``start`` skips the positions an interrupted epoch already consumed.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def __iter__(self):
+        for pos in self.order()[self.start:]:
+            yield (self.epoch, pos)
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+def build_source(cfg) -> Source:
+    import visionkit.data.datasets.sources  # noqa: F401  (registers the dataset sources)
+
+    return DATASETS.get(cfg.data.dataset)(cfg)
+
+
+def split_meta(cfg, source: Source) -> dict:
+    s = cfg.data.split
+    return {"dataset": cfg.data.dataset, "num_samples": len(source.targets),
+            "ratios": list(s.ratios), "counts": s.counts, "seed": s.seed}
+
+
+def resolve_split(cfg, source: Source, run_dir: Path | None) -> dict[str, list[int]]:
+    """The run's split: read from ``run_dir/split.json`` when present, else computed (and saved)."""
+    meta = split_meta(cfg, source)
+    path = Path(run_dir) / "split.json" if run_dir else None
+    if path is not None and path.exists():
+        return load_split(path, expected_meta=meta)
+    s = cfg.data.split
+    split = stratified_split(source.targets, ratios=tuple(s.ratios), counts=s.counts, seed=s.seed)
+    if path is not None:
+        save_split(path, split, meta)
+    return split
+
+
+def build_datasets(cfg, task_cls, run_dir: Path | None = None, splits: tuple[str, ...] = SPLITS,
+                   source: Source | None = None) -> tuple[dict[str, SplitView], Source]:
+    """Datasets for the requested ``splits`` with the task's train/eval transforms."""
+    source = source or build_source(cfg)
+    seed = cfg.train.seed
+    out: dict[str, SplitView] = {}
+    if source.splits is not None:
+        for name in splits:
+            if name in source.splits:
+                out[name] = SplitView(source.splits[name], None,
+                                      task_cls.sample_transform(cfg, name == "train"), seed)
+    else:
+        split = resolve_split(cfg, source, run_dir)
+        for name in splits:
+            if split.get(name):
+                out[name] = SplitView(source.pool, split[name],
+                                      task_cls.sample_transform(cfg, name == "train"), seed)
+    if "train" in splits and "train" not in out:
+        raise DataError(f"data set '{cfg.data.root}' has no training samples; check data.split.ratios")
+    return out, source
+
+
+def build_loader(dataset: SplitView, cfg, train: bool, device: torch.device) -> DataLoader:
+    d = cfg.data
+    workers = d.num_workers
+    kwargs = dict(num_workers=workers, collate_fn=collate_samples,
+                  pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    if workers > 0:
+        kwargs["prefetch_factor"] = 4
+    if train:
+        sampler = EpochSampler(len(dataset), seed=cfg.train.seed, shuffle=True)
+        return DataLoader(dataset, batch_size=d.batch_size, sampler=sampler, drop_last=False, **kwargs)
+    return DataLoader(dataset, batch_size=d.eval_batch_size or d.batch_size, shuffle=False, **kwargs)

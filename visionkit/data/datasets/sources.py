@@ -1,0 +1,67 @@
+"""Registered dataset sources: what ``data.dataset`` may name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from visionkit.data.build import Source
+from visionkit.data.datasets.folder import ImageFolderDataset, has_own_splits, split_roots
+from visionkit.data.datasets.synthetic import SHAPE_CLASSES, ensure_shapes
+from visionkit.errors import DataError
+from visionkit.registry import DATASETS
+
+
+@DATASETS.register("image_folder")
+def image_folder(cfg) -> Source:
+    """One folder per class under ``data.root``; ``train/ val/ [test/]`` below it are its own splits."""
+    d = cfg.data
+    root = Path(d.root)
+    kw = dict(channels=d.channels, on_error=d.on_error)
+    if has_own_splits(root):
+        splits = {name: ImageFolderDataset(p, **kw) for name, p in split_roots(root).items()}
+        return Source(classes=splits["train"].classes, splits=splits)
+    pool = ImageFolderDataset(root, **kw)
+    return Source(classes=pool.classes, pool=pool, targets=pool.targets)
+
+
+class MultiHotLabels(Dataset):
+    """Replaces each sample's label by a multi-hot vector of every class present in the scene."""
+
+    def __init__(self, base: ImageFolderDataset, label_sets: list[list[int]], num_classes: int):
+        self.base, self.label_sets, self.num_classes = base, label_sets, num_classes
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        sample = self.base[i]
+        if sample is not None:
+            hot = torch.zeros(self.num_classes)
+            hot[self.label_sets[i]] = 1.0
+            sample["labels"] = hot
+        return sample
+
+
+@DATASETS.register("shapes")
+def shapes(cfg) -> Source:
+    """The built-in synthetic scenes (generated into ``data.root`` on first use)."""
+    d = cfg.data
+    root = ensure_shapes(d.root, d.synth.num_images, d.synth.size, d.synth.seed)
+    pool = ImageFolderDataset(root, channels=d.channels, on_error=d.on_error)
+    src = Source(classes=pool.classes, pool=pool, targets=pool.targets)
+    if cfg.model.get("head", {}).get("multi_label"):
+        ann_path = Path(root) / "annotations.json"
+        try:
+            images = json.loads(ann_path.read_text())["images"]
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"cannot read '{ann_path}' ({e}); delete {root} to regenerate it") from None
+        # annotation kinds index SHAPE_CLASSES; folder labels index the sorted folder names
+        to_label = {k: pool.classes.index(name) for k, name in enumerate(SHAPE_CLASSES)}
+        by_file = {im["file"]: sorted({to_label[o["kind"]] for o in im["objects"]}) for im in images}
+        label_sets = [by_file[str(Path(p).relative_to(root))] for p, _ in pool.samples]
+        src.pool = MultiHotLabels(pool, label_sets, len(pool.classes))
+    return src

@@ -1,0 +1,385 @@
+"""The shared trainer: a short loop (fit / validate / test) with hooks for everything else.
+
+It never asks which task it runs: the Task gives losses, predictions, an evaluator and drawings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from visionkit.data.build import build_datasets, build_loader, build_source
+from visionkit.engine.checkpoint import CheckpointManager, load_checkpoint
+from visionkit.engine.hooks import CheckpointHook, Hook, LoggerHook, MetricsWriter
+from visionkit.engine.optim import build_optimizer, build_scheduler
+from visionkit.errors import CheckpointError, ConfigError, VisionKitError
+from visionkit.registry import TASKS
+
+
+class NonFiniteLossError(VisionKitError):
+    """The loss became NaN or Inf; nothing holding it was saved."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"'train.device' is '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"'train.device' is '{name}' but no CUDA device is available; use auto or cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every RNG the run draws from, as tensors and plain values (loadable with weights_only)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def new_run_dir(cfg) -> Path:
+    stem = Path(cfg.source).stem if cfg.source else "run"
+    base = Path("runs") / stem / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+class Trainer:
+    """Builds data, task, optimizer and hooks from a config and runs them.
+
+    ``Trainer(cfg).fit()`` trains into a new run directory (or ``run_dir``); ``resume=True``
+    continues ``run_dir`` from ``checkpoints/last.pt``, ``resume=PATH`` from that checkpoint.
+    ``Trainer(cfg, checkpoint=PATH).evaluate("test")`` scores a trained model.
+    """
+
+    def __init__(self, cfg, run_dir: str | Path | None = None, *, resume: bool | str | Path = False,
+                 checkpoint: str | Path | None = None, hooks: list[Hook] | None = None,
+                 log=print):
+        self.cfg = cfg
+        self.log = log
+        self.device = resolve_device(cfg.train.device)
+        self.task_cls = TASKS.get(cfg.task)
+        self.resume_path, self.run_dir = self._locate(run_dir, resume, checkpoint)
+        self.extra_hooks = list(hooks or [])
+        seed_everything(cfg.train.seed)
+
+        source = build_source(cfg)  # reads the data root: its errors come before anything is written
+        if checkpoint is None:
+            self._prepare_run_dir()  # before any data is read: refuse to clobber, save the config
+            split_dir = self.run_dir
+        else:  # evaluation reads the run's split.json when there is one and writes nothing
+            split_dir = self.run_dir if (self.run_dir / "split.json").exists() else None
+            if split_dir is None:
+                log(f"note: no split.json in '{self.run_dir}'; splitting the data with data.split.seed")
+        self.datasets, _ = build_datasets(cfg, self.task_cls, split_dir, source=source)
+        self.classes = source.classes
+        self.task = self.task_cls.from_config(cfg, {"classes": self.classes}).to(self.device)
+        if cfg.model.backbone.weights and self.resume_path is None:
+            self._load_pretrained()
+        self.has_val = "val" in self.datasets
+        self.monitor = self._monitor()
+        self.epoch = 0  # completed epochs
+        self.global_step = 0  # optimizer steps
+        self.step_in_epoch = 0
+        self.best = {"metric": self.monitor[0], "value": None, "epoch": None}
+        self.stale = 0
+        self.improved = False
+        self.should_stop = False
+        self.last_metrics: dict = {}
+        self._loaders: dict = {}
+        amp = cfg.train.amp
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.optimizer = self.scheduler = None
+        if checkpoint is not None:
+            self.load_weights(checkpoint)
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def _locate(self, run_dir, resume, checkpoint) -> tuple[Path | None, Path | None]:
+        """(checkpoint to resume from, run directory) from the CLI's --run-dir/--resume/--checkpoint."""
+        if resume:
+            if resume is True:
+                if run_dir is None:
+                    raise ConfigError("--resume without a path needs --run-dir (the run to continue)")
+                path = Path(run_dir) / "checkpoints" / "last.pt"
+                if not path.exists():
+                    raise CheckpointError(f"no checkpoint to resume in '{run_dir}' (looked for {path}); "
+                                          "check --run-dir, or drop --resume to start a new run")
+            else:
+                path = Path(resume)
+                if not path.is_file():
+                    raise CheckpointError(f"checkpoint '{path}' does not exist")
+            return path, Path(run_dir) if run_dir else path.parent.parent
+        if checkpoint is not None:  # evaluation: read the run's split.json, write nothing
+            ckpt = Path(checkpoint)
+            return None, Path(run_dir) if run_dir else ckpt.parent.parent
+        return None, Path(run_dir) if run_dir else None
+
+    def _monitor(self) -> tuple[str, str]:
+        name, mode = self.cfg.train.monitor, self.cfg.train.monitor_mode
+        default_name, default_mode = self.task.monitor
+        if name == "auto":
+            name = default_name
+        if mode == "auto":
+            mode = default_mode if name == default_name else ("min" if "loss" in name else "max")
+        return name, mode
+
+    def _load_pretrained(self) -> None:
+        from visionkit.models.weights import load_backbone_weights
+
+        b = self.cfg.model.backbone
+        report = load_backbone_weights(self.task, b.weights, skip=b.weights_skip)
+        self.log(f"loaded backbone weights {b.weights}: {report}")
+
+    def _build_optim(self) -> None:
+        t = self.cfg.train
+        self.steps_per_epoch = len(self.loader("train"))
+        self.optim_steps_per_epoch = math.ceil(self.steps_per_epoch / t.accumulate)
+        self.optimizer = build_optimizer(self.task, t.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, t.schedule, self.optim_steps_per_epoch, t.epochs)
+
+    def loader(self, split: str):
+        if split not in self._loaders:
+            if split not in self.datasets:
+                raise ConfigError(f"the data set has no '{split}' split (check data.split.ratios)")
+            self._loaders[split] = build_loader(self.datasets[split], self.cfg, split == "train", self.device)
+        return self._loaders[split]
+
+    def _prepare_run_dir(self) -> None:
+        if self.run_dir is None:
+            self.run_dir = new_run_dir(self.cfg)
+        elif self.resume_path is None and self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise ConfigError(f"run directory '{self.run_dir}' already holds files; pass --resume to "
+                              "continue that run, or choose another --run-dir (nothing was changed)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.run_dir / "config.yaml"
+        if not cfg_path.exists():
+            cfg_path.write_text(self.cfg.to_yaml())
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.task.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+            "stale": self.stale,
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "meta": {"task": self.cfg.task, "backbone": self.cfg.model.backbone.name,
+                     **self.task.metadata()},
+        }
+
+    def save_checkpoint(self, is_best: bool) -> Path:
+        path = self.ckpt.save(self.state_dict(), self.epoch, is_best)
+        return path
+
+    def load_weights(self, path: str | Path) -> dict:
+        """Load a checkpoint's model weights, refusing one made for another model."""
+        state = load_checkpoint(path, map_location="cpu")
+        meta = state.get("meta", {})
+        want = {"task": self.cfg.task, "backbone": self.cfg.model.backbone.name}
+        for key, value in want.items():
+            if meta.get(key) != value:
+                raise CheckpointError(
+                    f"checkpoint '{path}' was trained with {key} '{meta.get(key)}' but the config builds "
+                    f"'{value}'; use the config the checkpoint was trained with (config.yaml in its run directory)"
+                )
+        if "classes" in meta and list(meta["classes"]) != list(self.classes):
+            raise CheckpointError(
+                f"checkpoint '{path}' was trained on classes {meta['classes']} but the data set has "
+                f"{self.classes}; evaluate it on the data it was trained for"
+            )
+        result = self.task.load_state_dict(state["model"], strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"checkpoint '{path}' does not fit the model built from the config: "
+                f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
+            )
+        return state
+
+    def _restore(self) -> None:
+        state = self.load_weights(self.resume_path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.best = dict(state["best"])
+        self.stale = state["stale"]
+        set_rng_state(state["rng"])
+        self.log(f"resumed from {self.resume_path} at epoch {self.epoch} (step {self.global_step})")
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def call(self, event: str, *args) -> None:
+        for h in self.hooks:
+            getattr(h, event)(self, *args)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, batch: dict) -> dict:
+        def move(v):
+            if isinstance(v, torch.Tensor):
+                return v.to(self.device, non_blocking=True)
+            if isinstance(v, list):
+                return [move(x) for x in v]
+            if isinstance(v, dict):
+                return {k: move(x) for k, x in v.items()}
+            return v
+
+        return {k: move(v) for k, v in batch.items()}
+
+    def fit(self) -> dict:
+        """Train for ``train.epochs``; returns the last validation metrics."""
+        if self.optimizer is None:
+            self._build_optim()
+        if self.resume_path is not None:
+            self._restore()
+        t = self.cfg.train
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=t.keep_checkpoints)
+        if self.epoch >= t.epochs:
+            self.log(f"run '{self.run_dir}' already finished {self.epoch}/{t.epochs} epochs; nothing to do")
+            return {}
+        writer = MetricsWriter(self.run_dir)
+        self.hooks = [LoggerHook(writer, t.log_every, t.progress and sys.stderr.isatty()),
+                      CheckpointHook(t.early_stopping), *self.extra_hooks]
+        self.log(f"run directory: {self.run_dir}")
+        self.log(f"watch it with: tensorboard --logdir {self.run_dir}")
+        n = {k: len(v) for k, v in self.datasets.items()}
+        self.log(f"device {self.device}; samples " + ", ".join(f"{k} {v}" for k, v in n.items()))
+        self.call("before_fit")
+        while self.epoch < t.epochs and not self.should_stop:
+            self.call("before_epoch")
+            self.train_one_epoch()
+            self.epoch += 1
+            self.step_in_epoch = 0
+            if self.has_val and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
+                self.last_metrics = self.validate("val")
+            self.call("after_epoch")
+        if t.final_test and "test" in self.datasets:
+            self.final_test()
+        self.call("after_fit")
+        return self.last_metrics
+
+    def train_one_epoch(self) -> None:
+        t = self.cfg.train
+        self.task.train()
+        loader = self.loader("train")
+        loader.sampler.set_epoch(self.epoch)
+        end = time.perf_counter()
+        accum = t.accumulate
+        for i, batch in enumerate(loader):
+            start = time.perf_counter()
+            data_wait = start - end
+            if batch is None:  # every sample of the batch was unreadable (on_error: skip)
+                end = time.perf_counter()
+                continue
+            batch = self.to_device(batch)
+            with self.autocast():
+                losses = self.task.loss(batch)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {self.epoch + 1} step {self.global_step} ({terms}); "
+                    "no checkpoint was written with it; lower train.optimizer.lr or set train.clip_grad_norm"
+                )
+            self.scaler.scale(total / accum).backward()
+            if (i + 1) % accum == 0 or i + 1 == self.steps_per_epoch:
+                if t.clip_grad_norm is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.task.parameters(), t.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.global_step += 1
+            self.step_in_epoch = i + 1
+            end = time.perf_counter()
+            self.call("after_step", {
+                "loss": total.item(), "losses": {k: v.item() for k, v in losses.items()},
+                "lr": self.optimizer.param_groups[0]["lr"], "batch_size": len(batch["images"]),
+                "time": end - start + data_wait, "data_wait": data_wait,
+            })
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "val", with_details: bool = False):
+        """Score ``split`` with the task's evaluator; returns metrics (and details when asked)."""
+        self.task.eval()
+        evaluator = self.task.evaluator()
+        evaluator.reset()
+        vis = None
+        for batch in self.loader(split):
+            if batch is None:
+                continue
+            batch = self.to_device(batch)
+            with self.autocast():
+                preds = self.task.predict(batch)
+            evaluator.process(batch, preds)
+            if vis is None and self.cfg.train.vis_images > 0:
+                vis = self.task.visualize(batch, preds, self.cfg.train.vis_images)
+        metrics = evaluator.compute()
+        self._last_vis = vis
+        return (metrics, evaluator.details()) if with_details else metrics
+
+    def validate(self, split: str = "val") -> dict:
+        metrics = self.evaluate(split)
+        if hasattr(self, "hooks"):
+            self.call("after_validate", split, metrics, self._last_vis)
+        return metrics
+
+    def test(self) -> dict:
+        """Score the test split (the only place the trainer touches it)."""
+        return self.validate("test")
+
+    def final_test(self) -> dict:
+        best = self.run_dir / "checkpoints" / "best.pt"
+        if best.exists():
+            self.load_weights(best)
+        metrics = self.test()
+        import json
+
+        (self.run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics

@@ -1,0 +1,200 @@
+"""The backbone contract: staged feature maps with declared channels and strides.
+
+Every family builds its stages in order and declares each one with :meth:`Backbone.add_stage`
+while it builds them (the declaration is the contract that necks and heads are built from; it is
+never inferred by running the model). ``forward`` returns the requested stages, shallow to deep.
+Parameter names stay those of torchvision's model, so torchvision checkpoints load.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+NORMS = ("batch", "frozen_batch", "group", "sync_batch")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What one stage outputs: channel count and stride relative to the input image."""
+
+    channels: int
+    stride: int
+
+
+class BackboneBuildError(ValueError):
+    """A backbone option that cannot work, with what to change."""
+
+
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= ``groups`` that divides ``channels``."""
+    g = math.gcd(channels, groups)
+    return nn.GroupNorm(g, channels)
+
+
+def norm_layer(norm: str):
+    """A ``norm_layer(channels)`` factory for families whose constructor takes one."""
+    if norm in ("batch", "sync_batch"):  # sync is converted after build (needs the whole module)
+        return nn.BatchNorm2d
+    if norm == "frozen_batch":
+        return FrozenBatchNorm2d
+    if norm == "group":
+        return group_norm
+    raise BackboneBuildError(f"unknown norm '{norm}'; choose one of {', '.join(NORMS)}")
+
+
+def convert_norms(module: nn.Module, norm: str) -> nn.Module:
+    """Replace every BatchNorm2d in ``module`` (for families built without a norm_layer argument).
+
+    Parameter names are kept (weight, bias, running_mean, running_var), so checkpoints still load
+    for ``frozen_batch``; ``group`` has no running statistics by design.
+    """
+    if norm == "batch":
+        return module
+    if norm == "sync_batch":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            c = child.num_features
+            new = FrozenBatchNorm2d(c, eps=child.eps) if norm == "frozen_batch" else norm_layer(norm)(c)
+            setattr(module, name, new)
+        else:
+            convert_norms(child, norm)
+    return module
+
+
+class Backbone(nn.Module):
+    """Base class of all backbones.
+
+    Subclasses build their layers under torchvision's attribute names, then call
+    :meth:`add_stage` once per stage (shallow to deep) with the modules that compute it, and
+    finally :meth:`finish`. ``forward`` runs the stages in order and returns those named in
+    ``out_stages``.
+    """
+
+    #: smallest input side (pixels) the family accepts; checked in forward with a clear error
+    min_input_size: int = 1
+    #: first components of torchvision state-dict keys that belong to the classifier, not to us
+    classifier_prefixes: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stem: list[str] = []
+        self._stage_names: list[str] = []
+        self._stage_modules: dict[str, list[str]] = {}
+        self._all_specs: dict[str, FeatureSpec] = {}
+        self.out_stages: list[str] = []
+        self.frozen_stages = -1
+
+    # -- building -------------------------------------------------------------------------
+    def add_stem(self, modules: Sequence[str]) -> None:
+        """Declare the stem: submodules run before the first stage (may be empty)."""
+        self._stem = list(modules)
+
+    def add_stage(self, name: str, modules: Sequence[str], channels: int, stride: int) -> None:
+        """Declare stage ``name``: computed by the submodules ``modules`` (attribute paths, in order)."""
+        self._stage_names.append(name)
+        self._stage_modules[name] = list(modules)
+        self._all_specs[name] = FeatureSpec(int(channels), int(stride))
+
+    def finish(self, out_stages: Sequence[str] | None, frozen_stages: int = -1) -> None:
+        """Select the returned stages and freeze: -1 nothing, 0 the stem, k the stem and k stages."""
+        names = self._stage_names
+        if out_stages is None or len(out_stages) == 0:
+            out_stages = names
+        bad = [s for s in out_stages if s not in names]
+        if bad:
+            raise BackboneBuildError(
+                f"{type(self).__name__}: out_stages {bad} not available; stages are {names}"
+            )
+        self.out_stages = [s for s in names if s in out_stages]
+        if not -1 <= frozen_stages <= len(names):
+            raise BackboneBuildError(
+                f"{type(self).__name__}: frozen_stages={frozen_stages} must be in -1..{len(names)}"
+                " (-1 freezes nothing, 0 the stem, k the stem and the first k stages)"
+            )
+        self.frozen_stages = frozen_stages
+        self._freeze()
+
+    @property
+    def stage_specs(self) -> dict[str, FeatureSpec]:
+        """Every stage the family has, whether returned or not."""
+        return dict(self._all_specs)
+
+    @property
+    def feature_specs(self) -> dict[str, FeatureSpec]:
+        """The stages ``forward`` returns, shallow to deep."""
+        return {n: self._all_specs[n] for n in self.out_stages}
+
+    # -- freezing ---------------------------------------------------------------------------
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules of the stem and the first ``frozen_stages`` stages (none when -1)."""
+        if self.frozen_stages < 0:
+            return []
+        mods = [self.get_submodule(p) for p in self._stem]
+        for name in self._stage_names[: self.frozen_stages]:
+            mods += [self.get_submodule(p) for p in self._stage_modules[name]]
+        return mods
+
+    def _freeze(self) -> None:
+        for m in self.frozen_modules():
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen_modules():  # frozen norms keep their statistics
+            m.eval()
+        return self
+
+    # -- running -----------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        if min(h, w) < self.min_input_size:
+            raise BackboneBuildError(
+                f"{type(self).__name__} needs inputs of at least {self.min_input_size}x"
+                f"{self.min_input_size} pixels, got {h}x{w}; raise data.image_size"
+            )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_input(x)
+        out: dict[str, torch.Tensor] = {}
+        last = self.out_stages[-1]
+        for path in self._stem:
+            x = self.get_submodule(path)(x)
+        for name in self._stage_names:
+            for path in self._stage_modules[name]:
+                x = self.get_submodule(path)(x)
+            if name in self.out_stages:
+                out[name] = x
+            if name == last:
+                break
+        return out
+
+    # -- classification ------------------------------------------------------------------------
+    def build_classifier(self, num_classes: int, dropout: float = 0.0) -> nn.Module:
+        """The family's own classifier over the deepest stage (the paper's head).
+
+        Default: global average pooling and one linear layer named ``fc`` (ResNet style).
+        Families with another head (VGG, AlexNet, DenseNet, LeNet) override this, keeping
+        torchvision's attribute names so its classifier weights load too.
+        """
+        channels = self._all_specs[self._stage_names[-1]].channels
+        return PoolLinear(channels, num_classes, dropout)
+
+
+class PoolLinear(nn.Module):
+    """Global average pooling, optional dropout, a linear layer named ``fc``."""
+
+    def __init__(self, channels: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)))

@@ -1,0 +1,20 @@
+"""Turn the ``model.backbone`` config section into a backbone (the one place that does this)."""
+
+from __future__ import annotations
+
+from visionkit.errors import ConfigError
+from visionkit.models.backbones.base import BackboneBuildError
+from visionkit.registry import BACKBONES
+
+
+def build_backbone(cfg):
+    import visionkit.models.backbones  # noqa: F401  (registers the families)
+
+    b = cfg.model.backbone
+    try:
+        return BACKBONES.get(b.name)(
+            in_channels=cfg.data.channels, out_stages=b.out_stages,
+            frozen_stages=b.frozen_stages, norm=b.norm,
+        )
+    except BackboneBuildError as e:
+        raise ConfigError(f"{cfg.source}: model.backbone: {e}") from None

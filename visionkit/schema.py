@@ -1,0 +1,231 @@
+"""What a config may contain: every key with its type, default and allowed values.
+
+The schema is a tree of dicts whose leaves are :class:`Field`. ``model.head`` is filled from the
+chosen task's ``head_schema``, so each task declares its own head keys next to its code.
+Validation walks the user's tree against the schema and fails on the first problem with the
+file that set the key (from the ``_base_`` chain or the command line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from visionkit.errors import ConfigError
+from visionkit.registry import BACKBONES, DATASETS, TASKS, close_matches
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+@dataclass
+class Field:
+    """One config value: ``type`` is int/float/bool/str, or a list of one of them (``[float]``)."""
+
+    type: Any
+    default: Any = None
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    length: int | None = None  # exact list length, where fixed
+    help: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def allowed(self) -> Sequence[str] | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+
+def _describe(t: Any) -> str:
+    if isinstance(t, list):
+        return f"a list of {_describe(t[0]).removeprefix('an ').removeprefix('a ')}s"
+    return _TYPE_NAMES.get(t, getattr(t, "__name__", str(t)))
+
+
+def _check_scalar(t: Any, v: Any) -> bool:
+    if t is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if t is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, t)
+
+
+def _check_field(f: Field, v: Any, key: str, where: str) -> Any:
+    if v is None:
+        if f.nullable:
+            return None
+        raise ConfigError(f"{where}: '{key}' must be {_describe(f.type)}, got null")
+    ok = (
+        isinstance(v, list) and all(_check_scalar(f.type[0], x) for x in v)
+        if isinstance(f.type, list)
+        else _check_scalar(f.type, v)
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where}: '{key}' must be {_describe(f.type)}, got {v!r} ({type(v).__name__})"
+        )
+    if f.type is float:
+        v = float(v)
+    if isinstance(f.type, list) and f.type[0] is float:
+        v = [float(x) for x in v]
+    if f.length is not None and len(v) != f.length:
+        raise ConfigError(f"{where}: '{key}' must have {f.length} values, got {len(v)}")
+    values = v if isinstance(v, list) else [v]
+    for x in values:
+        if f.min is not None and isinstance(x, (int, float)) and x < f.min:
+            raise ConfigError(f"{where}: '{key}' must be >= {f.min}, got {x}")
+        if f.max is not None and isinstance(x, (int, float)) and x > f.max:
+            raise ConfigError(f"{where}: '{key}' must be <= {f.max}, got {x}")
+        allowed = f.allowed()
+        if allowed is not None and x not in allowed:
+            close = close_matches(str(x), allowed)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{where}: '{key}' is {x!r}, not one of: {', '.join(map(str, allowed))}{hint}"
+            )
+    return v
+
+
+def _walk(schema: dict, data: Any, path: str, origins: dict, default_file: str) -> dict:
+    where = origins.get(path, default_file) if path else default_file
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{path}' must be a mapping of keys, got {data!r}")
+    for k in data:
+        if k not in schema:
+            key = f"{path}.{k}" if path else str(k)
+            close = close_matches(str(k), [s for s in schema])
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(schema)}"
+            raise ConfigError(f"{origins.get(key, default_file)}: unknown key '{key}'{hint}")
+    out = {}
+    for k, spec in schema.items():
+        key = f"{path}.{k}" if path else k
+        if isinstance(spec, dict):
+            out[k] = _walk(spec, data.get(k) or {}, key, origins, default_file)
+        elif k in data:
+            out[k] = _check_field(spec, data[k], key, origins.get(key, default_file))
+        else:
+            out[k] = list(spec.default) if isinstance(spec.default, list) else spec.default
+    return out
+
+
+def _lr_schedules() -> Sequence[str]:
+    return ("constant", "step", "multistep", "cosine", "poly")
+
+
+def base_schema() -> dict:
+    """The keys every config shares; ``model.head`` comes from the task."""
+    return {
+        "task": Field(str, "classification", choices=TASKS.names, help="what the model learns"),
+        "model": {
+            "backbone": {
+                "name": Field(str, "resnet18", choices=BACKBONES.names),
+                "weights": Field(str, None, nullable=True, help="file path or torchvision weights name"),
+                "weights_skip": Field([str], [], help="key prefixes allowed to mismatch when loading"),
+                "out_stages": Field([str], None, nullable=True),
+                "frozen_stages": Field(int, -1, min=-1),
+                "norm": Field(str, "batch", choices=("batch", "frozen_batch", "group", "sync_batch")),
+            },
+            "head": {},  # filled from the task's head_schema
+        },
+        "data": {
+            "dataset": Field(str, "shapes", choices=DATASETS.names),
+            "root": Field(str, "data/shapes", help="relative paths are taken from the working directory"),
+            "image_size": Field(int, 64, min=8),
+            "channels": Field(int, 3, choices=(1, 3)),
+            "mean": Field([float], [0.485, 0.456, 0.406]),
+            "std": Field([float], [0.229, 0.224, 0.225]),
+            "batch_size": Field(int, 64, min=1),
+            "eval_batch_size": Field(int, None, nullable=True, min=1),
+            "num_workers": Field(int, 2, min=0),
+            "on_error": Field(str, "raise", choices=("raise", "skip")),
+            "split": {
+                "ratios": Field([float], [8.0, 1.0, 1.0], length=3, min=0),
+                "counts": Field([int], None, nullable=True, length=3, min=0),
+                "seed": Field(int, 0),
+            },
+            "augment": {
+                "scale": Field([float], [0.5, 1.0], length=2, min=0.01, max=1.0),
+                "ratio": Field([float], [0.75, 1.3333], length=2, min=0.01),
+                "hflip": Field(float, 0.5, min=0, max=1),
+                "resize_ratio": Field(float, 1.0, min=1.0),
+            },
+            "synth": {
+                "num_images": Field(int, 3000, min=10),
+                "size": Field(int, 64, min=16),
+                "seed": Field(int, 0),
+            },
+        },
+        "train": {
+            "epochs": Field(int, 10, min=1),
+            "device": Field(str, "auto", help="auto, cpu, cuda or cuda:N"),
+            "amp": Field(str, "none", choices=("none", "bf16", "fp16")),
+            "accumulate": Field(int, 1, min=1),
+            "clip_grad_norm": Field(float, None, nullable=True, min=0),
+            "seed": Field(int, 0),
+            "optimizer": {
+                "name": Field(str, "sgd", choices=("sgd", "adam", "adamw")),
+                "lr": Field(float, 0.1, min=0),
+                "momentum": Field(float, 0.9, min=0, max=1),
+                "nesterov": Field(bool, False),
+                "weight_decay": Field(float, 1e-4, min=0),
+                "betas": Field([float], [0.9, 0.999], length=2, min=0, max=1),
+                "norm_weight_decay": Field(bool, False, help="decay norms and biases too"),
+            },
+            "schedule": {
+                "name": Field(str, "cosine", choices=_lr_schedules),
+                "warmup_epochs": Field(float, 0.0, min=0),
+                "warmup_factor": Field(float, 0.1, min=0, max=1),
+                "step_size": Field(int, 30, min=1),
+                "milestones": Field([int], [30, 60, 90]),
+                "gamma": Field(float, 0.1, min=0),
+                "power": Field(float, 0.9, min=0),
+                "min_lr": Field(float, 0.0, min=0),
+            },
+            "val_every": Field(int, 1, min=1),
+            "monitor": Field(str, "auto", help="val metric for best checkpoint and early stopping"),
+            "monitor_mode": Field(str, "auto", choices=("auto", "max", "min")),
+            "keep_checkpoints": Field(int, 3, min=1),
+            "early_stopping": Field(int, None, nullable=True, min=1, help="patience in validations"),
+            "final_test": Field(bool, False, help="score the test split once training ends"),
+            "log_every": Field(int, 10, min=1),
+            "vis_images": Field(int, 16, min=0),
+            "progress": Field(bool, True),
+        },
+    }
+
+
+def register_builtins() -> None:
+    """Import the modules whose import registers the built-in tasks, backbones and datasets."""
+    import visionkit.data.datasets.sources  # noqa: F401
+    import visionkit.models.backbones  # noqa: F401
+    import visionkit.tasks.classification  # noqa: F401
+
+
+def validate(raw: dict, origins: dict, default_file: str) -> dict:
+    """Check ``raw`` against the schema of its task and return it with every default filled in."""
+    register_builtins()
+    schema = base_schema()
+    # the task decides which head keys exist, so check it first
+    task = raw.get("task", schema["task"].default)
+    _check_field(schema["task"], task, "task", origins.get("task", default_file))
+    schema["model"]["head"] = TASKS.get(task).head_schema()
+    cfg = _walk(schema, raw, "", origins, default_file)
+    _cross_checks(cfg, origins, default_file)
+    return cfg
+
+
+def _cross_checks(cfg: dict, origins: dict, default_file: str) -> None:
+    data = cfg["data"]
+    for key in ("mean", "std"):
+        if len(data[key]) != data["channels"]:
+            where = origins.get(f"data.{key}", default_file)
+            raise ConfigError(
+                f"{where}: 'data.{key}' has {len(data[key])} values but data.channels is "
+                f"{data['channels']}; give one value per channel"
+            )
+    if sum(data["split"]["ratios"]) <= 0:
+        where = origins.get("data.split.ratios", default_file)
+        raise ConfigError(f"{where}: 'data.split.ratios' must not all be 0")
+    lo, hi = data["augment"]["scale"]
+    if lo > hi:
+        where = origins.get("data.augment.scale", default_file)
+        raise ConfigError(f"{where}: 'data.augment.scale' must be [min, max] with min <= max")

@@ -1,0 +1,58 @@
+"""The Task contract: one module per task that owns its model, loss, predictions and scoring.
+
+The trainer only calls what is defined here, so it never needs to know which task it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from visionkit.evaluation.base import Evaluator
+
+
+class Task(nn.Module):
+    """Backbone (+ neck) + head, with the task's loss, prediction format, evaluator and drawings.
+
+    Subclasses set :attr:`monitor` (the validation metric that picks the best checkpoint, and
+    whether higher is better) and implement the methods below.
+    """
+
+    #: (metric name, "max" | "min") used when ``train.monitor`` is ``auto``
+    monitor: tuple[str, str] = ("loss", "min")
+
+    @classmethod
+    def head_schema(cls) -> dict:
+        """The ``model.head`` keys this task accepts (``visionkit.schema.Field`` values)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, cfg, data_info: dict) -> "Task":
+        """Build the task from a validated config and what the data set says (class names, ...)."""
+        raise NotImplementedError
+
+    @classmethod
+    def sample_transform(cls, cfg, train: bool) -> Callable[[dict], dict]:
+        """The per-sample transform of this task's inputs and targets (v2 transforms)."""
+        raise NotImplementedError
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Named loss terms; the trainer sums them and logs each."""
+        raise NotImplementedError
+
+    def predict(self, batch: dict) -> Any:
+        """Predictions in the task's documented format."""
+        raise NotImplementedError
+
+    def evaluator(self) -> Evaluator:
+        raise NotImplementedError
+
+    def visualize(self, batch: dict, predictions: Any, max_images: int = 16) -> torch.Tensor:
+        """uint8 images ``(N, 3, H, W)`` showing inputs with targets and predictions."""
+        raise NotImplementedError
+
+    def metadata(self) -> dict:
+        """What a checkpoint must remember to rebuild and use the model (class names, ...)."""
+        return {}

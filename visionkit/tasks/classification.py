@@ -1,0 +1,161 @@
+"""Image classification: the backbone's deepest feature -> the family's classifier.
+
+Single-label: softmax cross-entropy with optional label smoothing (Szegedy et al. 2016, sec. 7).
+Multi-label: one sigmoid per class with binary cross-entropy; targets are multi-hot vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from visionkit.data.transforms import classification_transforms
+from visionkit.errors import ConfigError
+from visionkit.evaluation.accuracy import AccuracyEvaluator, MultiLabelEvaluator
+from visionkit.models.backbones.base import PoolLinear
+from visionkit.models.build import build_backbone
+from visionkit.registry import TASKS
+from visionkit.schema import Field
+from visionkit.tasks.base import Task
+from visionkit.visualize import denormalize
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
+    monitor = ("accuracy", "max")
+
+    @classmethod
+    def head_schema(cls) -> dict:
+        return {
+            "num_classes": Field(int, None, nullable=True, min=1, help="null: from the data set"),
+            "classifier": Field(str, "auto", choices=("auto", "linear"),
+                                help="auto: the backbone family's own head; linear: pool + fc"),
+            "dropout": Field(float, None, nullable=True, min=0, max=1,
+                             help="null: the family's own (0.5 in VGG/AlexNet, 0 elsewhere)"),
+            "label_smoothing": Field(float, 0.0, min=0, max=1),
+            "multi_label": Field(bool, False),
+        }
+
+    def __init__(self, backbone, classes: list[str], *, classifier: str = "auto",
+                 dropout: float | None = None, label_smoothing: float = 0.0, multi_label: bool = False,
+                 mean=(0.0,), std=(1.0,)):
+        super().__init__()
+        self.backbone = backbone
+        self.classes = list(classes)
+        n = len(self.classes)
+        deepest = list(backbone.feature_specs)[-1]
+        if classifier == "auto":
+            if deepest != list(backbone.stage_specs)[-1]:
+                raise ConfigError(
+                    f"model.head.classifier 'auto' is the family's head on its last stage, but "
+                    f"model.backbone.out_stages ends at '{deepest}'; use classifier: linear"
+                )
+            kw = {} if dropout is None else {"dropout": dropout}
+            self.head = backbone.build_classifier(n, **kw)
+        else:
+            self.head = PoolLinear(backbone.feature_specs[deepest].channels, n, dropout or 0.0)
+        self.label_smoothing = label_smoothing
+        self.multi_label = multi_label
+        self.mean, self.std = list(mean), list(std)
+        if multi_label:
+            self.monitor = ("mAP", "max")
+
+    @classmethod
+    def from_config(cls, cfg, data_info: dict) -> "ClassificationTask":
+        head = cfg.model.head
+        classes = data_info["classes"]
+        if head.num_classes is not None and head.num_classes != len(classes):
+            raise ConfigError(
+                f"{cfg.source}: 'model.head.num_classes' is {head.num_classes} but the data set "
+                f"has {len(classes)} classes ({', '.join(classes[:10])}); set it to null"
+            )
+        backbone = build_backbone(cfg)
+        return cls(backbone, classes, classifier=head.classifier, dropout=head.dropout,
+                   label_smoothing=head.label_smoothing, multi_label=head.multi_label,
+                   mean=cfg.data.mean, std=cfg.data.std)
+
+    @classmethod
+    def sample_transform(cls, cfg, train: bool):
+        d = cfg.data
+        t = classification_transforms(
+            train, size=d.image_size, mean=d.mean, std=d.std, scale=tuple(d.augment.scale),
+            ratio=tuple(d.augment.ratio), hflip=d.augment.hflip, resize_ratio=d.augment.resize_ratio,
+        )
+
+        def apply(sample: dict) -> dict:
+            sample["image"] = t(sample["image"])
+            return sample
+
+        return apply
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(images)
+        return self.head(feats[next(reversed(feats))])
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        logits = self(batch["images"])
+        labels = batch["labels"]
+        if self.multi_label:
+            return {"loss_bce": F.binary_cross_entropy_with_logits(logits, labels.float())}
+        return {"loss_ce": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> dict:
+        """``logits`` (B, C); ``scores`` (B, C) probabilities; ``labels`` (B,) top-1 class ids
+        (multi-label: (B, C) booleans at probability 0.5)."""
+        logits = self(batch["images"]).float()
+        if self.multi_label:
+            scores = logits.sigmoid()
+            return {"logits": logits, "scores": scores, "labels": scores >= 0.5}
+        scores = logits.softmax(1)
+        return {"logits": logits, "scores": scores, "labels": scores.argmax(1)}
+
+    def evaluator(self):
+        return MultiLabelEvaluator(self.classes) if self.multi_label else AccuracyEvaluator(self.classes)
+
+    def describe(self, predictions: dict, i: int) -> str:
+        """One image's prediction as text: ``"star 0.97"`` (multi-label: every class above 0.5)."""
+        scores = predictions["scores"][i]
+        if self.multi_label:
+            on = [f"{self.classes[c]} {scores[c]:.2f}" for c in range(len(self.classes)) if scores[c] >= 0.5]
+            return ", ".join(on) or "(none)"
+        c = int(scores.argmax())
+        return f"{self.classes[c]} {scores[c]:.2f}"
+
+    def record(self, predictions: dict, i: int) -> dict:
+        """One image's prediction as JSON-able values (for ``predict --out``)."""
+        scores = predictions["scores"][i].float().cpu()
+        if self.multi_label:
+            return {"labels": [self.classes[c] for c in range(len(self.classes)) if scores[c] >= 0.5],
+                    "scores": dict(zip(self.classes, scores.tolist()))}
+        c = int(scores.argmax())
+        return {"label": self.classes[c], "score": float(scores[c]),
+                "scores": dict(zip(self.classes, scores.tolist()))}
+
+    def visualize(self, batch: dict, predictions: dict, max_images: int = 16) -> torch.Tensor:
+        """Each image with a caption ``true -> predicted score``, green when right, red when wrong
+        (just the prediction, in white, when the batch has no labels)."""
+        images = denormalize(batch["images"][:max_images], self.mean, self.std)
+        labels = batch.get("labels")
+        out = []
+        for i, img in enumerate(images):
+            img = F.interpolate(img[None].float(), scale_factor=max(1, 128 // img.shape[-1]),
+                                mode="nearest")[0].to(torch.uint8)
+            h, w = img.shape[-2:]
+            caption, colour = self.describe(predictions, i), "white"
+            if labels is not None:
+                truth, right = self._truth(labels[i].cpu(), predictions["labels"][i].cpu())
+                caption, colour = f"{truth} -> {caption}", ("lime" if right else "red")
+            box = torch.tensor([[1, 1, w - 2, h - 2]], dtype=torch.float)
+            out.append(draw_bounding_boxes(img, box, labels=[caption], colors=colour, width=2))
+        return make_grid(out, nrow=min(8, len(out)), padding=2)[None]
+
+    def _truth(self, label: torch.Tensor, pred: torch.Tensor) -> tuple[str, bool]:
+        if self.multi_label:
+            names = ",".join(self.classes[c] for c in label.nonzero().flatten().tolist())
+            return names, bool((pred == (label > 0.5)).all())
+        return self.classes[int(label)], int(pred) == int(label)
+
+    def metadata(self) -> dict:
+        return {"classes": self.classes, "multi_label": self.multi_label}
