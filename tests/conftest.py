@@ -21,6 +21,23 @@ def shapes_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def easy_root(tmp_path_factory) -> Path:
+    """An ImageFolder of three easily told classes (noisy red, green, blue squares), 32 px PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data") / "easy"
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["blue", "green", "red"]):
+        (root / name).mkdir(parents=True)
+        for i in range(40):
+            px = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
+            px[:, :, 2 - c] += 120
+            Image.fromarray(px).save(root / name / f"{i:03d}.png")
+    return root
+
+
 def tiny_config_dict(shapes_root: Path, **over) -> dict:
     """A LeNet-5 classification config on the tiny shapes set that trains in a few seconds."""
     cfg = {

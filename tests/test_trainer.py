@@ -15,16 +15,17 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_loss_falls_and_run_dir_has_everything(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(**{"train.epochs": 4})
+def test_loss_falls_and_run_dir_has_everything(tiny_cfg, easy_root, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 4, "data.dataset": "image_folder", "data.root": str(easy_root),
+                      "data.batch_size": 16})
     trainer = Trainer(cfg, tmp_path / "run", log=lambda *a: None)
     metrics = trainer.fit()
     run = tmp_path / "run"
     records = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
     first = sum(r["loss"] for r in records[:3]) / 3
     last = sum(r["loss"] for r in records[-3:]) / 3
-    assert last < 0.8 * first, (first, last)
-    assert metrics["accuracy"] > 1 / 6  # better than chance on 6 classes
+    assert last < 0.5 * first, (first, last)
+    assert metrics["accuracy"] >= 0.9  # three classes told apart by colour
     assert (run / "config.yaml").exists() and (run / "split.json").exists()
     assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
@@ -88,8 +89,8 @@ def test_tensorboard_events_hold_the_expected_tags(tiny_cfg, tmp_path):
         assert tag in tags["scalars"], tag
     assert "val/samples" in tags["images"]
     assert any(t.startswith("config") for t in tags["tensors"])  # add_text is stored as a tensor
-    lr = acc.Scalars("train/lr")
-    assert all(e.value > 0 for e in lr)
+    lr = [e.value for e in acc.Scalars("train/lr")]
+    assert lr[0] > 0 and lr[-1] < lr[0]  # cosine decay
 
 
 def test_eval_reproduces_the_validation_metrics(tiny_cfg, tmp_path):
@@ -136,3 +137,29 @@ def test_multi_label_mode(tiny_cfg, tmp_path):
     metrics = Trainer(cfg, tmp_path / "ml", log=lambda *a: None).fit()
     assert set(metrics) == {"accuracy", "exact_match", "mAP"}
     assert 0 <= metrics["mAP"] <= 1
+
+
+def test_backbone_weights_from_a_torchvision_state_dict(tiny_cfg, tmp_path):
+    import torchvision
+
+    from visionkit.errors import CheckpointError
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    # the 1000-class fc does not fit 6 classes: refused unless the config lets it be skipped
+    cfg = tiny_cfg(**{"model.backbone.name": "resnet18", "model.backbone.weights": str(path)})
+    with pytest.raises(CheckpointError, match="weights_skip"):
+        Trainer(cfg, tmp_path / "w0", log=lambda *a: None)
+    logs = []
+    cfg = tiny_cfg(**{"model.backbone.name": "resnet18", "model.backbone.weights": str(path),
+                      "model.backbone.weights_skip": ["fc"]})
+    trainer = Trainer(cfg, tmp_path / "w", log=logs.append)
+    assert torch.equal(trainer.task.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert any("loaded backbone weights" in m for m in logs)
+
+    vgg = tmp_path / "vgg.pth"
+    torch.save(torchvision.models.vgg11(weights=None).features.state_dict(), vgg)
+    cfg = tiny_cfg(**{"model.backbone.name": "resnet18", "model.backbone.weights": str(vgg)})
+    with pytest.raises(CheckpointError, match="vgg.pth"):
+        Trainer(cfg, tmp_path / "w2", log=lambda *a: None)

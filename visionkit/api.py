@@ -97,7 +97,7 @@ def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: 
         except (RuntimeError, ValueError) as e:
             raise DataError(f"cannot decode image '{path}': {e}") from None
         sample = transform({"image": image, "path": str(path)})
-        batch = {"images": sample["image"][None].to(device)}
+        batch = task.preprocess({"images": sample["image"][None].to(device)})
         with torch.no_grad():
             preds = task.predict(batch)
         rec = {"path": str(path), **task.record(preds, 0)}

@@ -36,12 +36,16 @@ class Field:
 
 
 def _describe(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_describe(x) for x in t)
     if isinstance(t, list):
         return f"a list of {_describe(t[0]).removeprefix('an ').removeprefix('a ')}s"
     return _TYPE_NAMES.get(t, getattr(t, "__name__", str(t)))
 
 
 def _check_scalar(t: Any, v: Any) -> bool:
+    if isinstance(t, tuple):
+        return any(_check_scalar(x, v) for x in t)
     if t is float:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
     if t is int:
@@ -137,6 +141,9 @@ def base_schema() -> dict:
             "eval_batch_size": Field(int, None, nullable=True, min=1),
             "num_workers": Field(int, 2, min=0),
             "on_error": Field(str, "raise", choices=("raise", "skip")),
+            "cache": Field((bool, str), "auto", choices=("auto", True, False),
+                           help="keep decoded images in memory; auto: when they fit cache_limit_gb"),
+            "cache_limit_gb": Field(float, 2.0, min=0),
             "split": {
                 "ratios": Field([float], [8.0, 1.0, 1.0], length=3, min=0),
                 "counts": Field([int], None, nullable=True, length=3, min=0),

@@ -67,12 +67,51 @@ class SplitView(Dataset):
             return None
         if epoch is None:
             return self.transform(sample)
-        state = torch.get_rng_state()
+        gen = torch.default_generator  # the CPU generator the v2 transforms draw from
+        state = gen.get_state()
         try:
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            # gen.manual_seed, not torch.manual_seed: the latter also reseeds every accelerator
+            # and costs 100x more, per sample
+            gen.manual_seed(sample_seed(self.seed, epoch, index))
             return self.transform(sample)
         finally:
-            torch.set_rng_state(state)
+            gen.set_state(state)
+
+
+class DecodedCache(Dataset):
+    """Keeps every decoded sample of ``base`` in memory, filled once in the main process before
+    the workers start, so workers share the pages (fork) and no epoch decodes a file twice.
+
+    Worth it for small images, where decoding costs as much as the rest of the pipeline; the
+    ``data.cache`` option bounds it by the estimated size.
+    """
+
+    def __init__(self, base: Dataset):
+        self.base = base
+        self.items = [base[i] for i in range(len(base))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        return None if item is None else {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                                          for k, v in item.items()}
+
+
+def maybe_cache(dataset: Dataset, mode: str, limit_bytes: float) -> Dataset:
+    """Wrap ``dataset`` in :class:`DecodedCache` when ``mode`` is true, or ``auto`` and the
+    decoded images (estimated from the first one) fit in ``limit_bytes``."""
+    if mode is False or len(dataset) == 0:
+        return dataset
+    if mode == "auto":
+        first = dataset[0]
+        if first is None:
+            return dataset
+        per = sum(v.numel() * v.element_size() for v in first.values() if isinstance(v, torch.Tensor))
+        if per * len(dataset) > limit_bytes:
+            return dataset
+    return DecodedCache(dataset)
 
 
 class EpochSampler(Sampler):
@@ -133,6 +172,12 @@ def build_datasets(cfg, task_cls, run_dir: Path | None = None, splits: tuple[str
     """Datasets for the requested ``splits`` with the task's train/eval transforms."""
     source = source or build_source(cfg)
     seed = cfg.train.seed
+    mode, limit = cfg.data.cache, cfg.data.cache_limit_gb * 2**30
+    if source.pool is not None:
+        source.pool = maybe_cache(source.pool, mode, limit)
+    else:
+        source.splits = {k: maybe_cache(v, mode, limit) if k in splits else v
+                         for k, v in source.splits.items()}
     out: dict[str, SplitView] = {}
     if source.splits is not None:
         for name in splits:

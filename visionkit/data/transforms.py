@@ -24,6 +24,7 @@ def classification_transforms(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
     resize_ratio: float = 1.0,
+    normalize: bool = True,
 ) -> v2.Compose:
     """The standard classification recipe: random crops and flips to train, a centre crop to evaluate.
 
@@ -32,7 +33,9 @@ def classification_transforms(
     Evaluation resizes the short side to ``round(size * resize_ratio)`` and crops the centre
     ``size`` square; ImageNet recipes use ``resize_ratio = 1 / 0.875``, while 1.0 keeps the whole
     of our centred synthetic images. ``mean``/``std`` have one entry per channel (checked by the
-    config validation, not here).
+    config validation, not here). With ``normalize=False`` the pipeline stops at the uint8 crop:
+    the trainer then converts and normalises whole batches on the device, which costs a fraction
+    of doing it per sample in the workers (and moves 4x fewer bytes to a GPU).
     """
     if train:
         steps = [v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)]
@@ -40,8 +43,9 @@ def classification_transforms(
             steps.append(v2.RandomHorizontalFlip(p=hflip))
     else:
         steps = [v2.Resize(round(size * resize_ratio), antialias=True), v2.CenterCrop(size)]
-    steps += [
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std]),
-    ]
+    if normalize:
+        steps += [
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std]),
+        ]
     return v2.Compose(steps)

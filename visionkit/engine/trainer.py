@@ -99,19 +99,23 @@ class Trainer:
         self.extra_hooks = list(hooks or [])
         seed_everything(cfg.train.seed)
 
-        source = build_source(cfg)  # reads the data root: its errors come before anything is written
         if checkpoint is None:
-            self._prepare_run_dir()  # before any data is read: refuse to clobber, save the config
+            self._check_run_dir()  # refuse to clobber before anything is read
+        # everything that can fail on the user's data or weights runs before the run directory
+        # is made, so a failed start leaves nothing behind
+        source = build_source(cfg)
+        self.classes = source.classes
+        self.task = self.task_cls.from_config(cfg, {"classes": self.classes}).to(self.device)
+        if cfg.model.backbone.weights and self.resume_path is None:
+            self._load_pretrained()
+        if checkpoint is None:
+            self._create_run_dir()
             split_dir = self.run_dir
         else:  # evaluation reads the run's split.json when there is one and writes nothing
             split_dir = self.run_dir if (self.run_dir / "split.json").exists() else None
             if split_dir is None:
                 log(f"note: no split.json in '{self.run_dir}'; splitting the data with data.split.seed")
         self.datasets, _ = build_datasets(cfg, self.task_cls, split_dir, source=source)
-        self.classes = source.classes
-        self.task = self.task_cls.from_config(cfg, {"classes": self.classes}).to(self.device)
-        if cfg.model.backbone.weights and self.resume_path is None:
-            self._load_pretrained()
         self.has_val = "val" in self.datasets
         self.monitor = self._monitor()
         self.epoch = 0  # completed epochs
@@ -181,12 +185,14 @@ class Trainer:
             self._loaders[split] = build_loader(self.datasets[split], self.cfg, split == "train", self.device)
         return self._loaders[split]
 
-    def _prepare_run_dir(self) -> None:
+    def _check_run_dir(self) -> None:
         if self.run_dir is None:
             self.run_dir = new_run_dir(self.cfg)
         elif self.resume_path is None and self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise ConfigError(f"run directory '{self.run_dir}' already holds files; pass --resume to "
                               "continue that run, or choose another --run-dir (nothing was changed)")
+
+    def _create_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.run_dir / "config.yaml"
         if not cfg_path.exists():
@@ -269,7 +275,7 @@ class Trainer:
                 return {k: move(x) for k, x in v.items()}
             return v
 
-        return {k: move(v) for k, v in batch.items()}
+        return self.task.preprocess({k: move(v) for k, v in batch.items()})
 
     def fit(self) -> dict:
         """Train for ``train.epochs``; returns the last validation metrics."""

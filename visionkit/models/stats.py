@@ -47,5 +47,6 @@ def model_stats(name: str, size: int = 224, num_classes: int = 1000, in_channels
     """Parameters and GMACs of backbone ``name`` with its classifier, built without real memory."""
     with torch.device("meta"):
         model = classification_model(name, num_classes, in_channels)
-        return {"name": name, "params": count_params(model),
-                "gflops": round(count_macs(model, size, in_channels) / 1e9, 3), "size": size}
+        macs = count_macs(model, size, in_channels)
+        return {"name": name, "params": count_params(model), "macs": macs,
+                "gflops": round(macs / 1e9, 3), "size": size}

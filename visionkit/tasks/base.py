@@ -23,6 +23,20 @@ class Task(nn.Module):
     #: (metric name, "max" | "min") used when ``train.monitor`` is ``auto``
     monitor: tuple[str, str] = ("loss", "min")
 
+    def set_normalization(self, mean, std) -> None:
+        """Pixel mean/std (0..1 scale) applied by :meth:`preprocess`; not saved in state dicts."""
+        c = len(mean)
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1), False)
+
+    def preprocess(self, batch: dict) -> dict:
+        """Turn a batch of uint8 images (as the loaders give them) into normalised floats, on
+        whatever device the batch is; float images are taken as already normalised."""
+        images = batch["images"]
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            batch["images"] = (images.float().div_(255) - self.pixel_mean) / self.pixel_std
+        return batch
+
     @classmethod
     def head_schema(cls) -> dict:
         """The ``model.head`` keys this task accepts (``visionkit.schema.Field`` values)."""

@@ -58,6 +58,7 @@ class ClassificationTask(Task):
         self.label_smoothing = label_smoothing
         self.multi_label = multi_label
         self.mean, self.std = list(mean), list(std)
+        self.set_normalization(self.mean, self.std)
         if multi_label:
             self.monitor = ("mAP", "max")
 
@@ -81,6 +82,7 @@ class ClassificationTask(Task):
         t = classification_transforms(
             train, size=d.image_size, mean=d.mean, std=d.std, scale=tuple(d.augment.scale),
             ratio=tuple(d.augment.ratio), hflip=d.augment.hflip, resize_ratio=d.augment.resize_ratio,
+            normalize=False,  # batches are normalised on the device by Task.preprocess
         )
 
         def apply(sample: dict) -> dict:

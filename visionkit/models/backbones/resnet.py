@@ -169,6 +169,10 @@ VARIANTS: dict[str, dict] = {
     "se_resnext101_32x4d": {"block": _SEB, "layers": (3, 4, 23, 3), "groups": 32, "width_per_group": 4},
     # half width (stages 32/64/128/256): 2.8M parameters instead of 11.2M, trains on a CPU
     "resnet18_w32": {"block": _B, "layers": (2, 2, 2, 2), "base_width": 32},
+    # reduced bottleneck networks for CPU recipes: 26 layers (2 blocks a stage), half width
+    "resnext26_32x2d_w32": {"block": _BB, "layers": (2, 2, 2, 2), "base_width": 32, "groups": 32,
+                            "width_per_group": 2},
+    "se_resnet26_w32": {"block": _SEB, "layers": (2, 2, 2, 2), "base_width": 32},
 }
 
 for _name, _arch in VARIANTS.items():

@@ -1,0 +1,23 @@
+"""Every recipe in configs/ loads and validates, and its backbone builds."""
+
+from pathlib import Path
+
+import pytest
+
+from visionkit import load_config
+from visionkit.models.build import build_backbone
+
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
+                 if "_base_" not in p.parts)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_recipe_validates_and_builds(path):
+    cfg = load_config(path)
+    backbone = build_backbone(cfg)
+    assert backbone.min_input_size <= cfg.data.image_size
+
+
+def test_quickstart_scores_the_test_split_at_the_end():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    assert cfg.train.final_test and cfg.data.dataset == "shapes"
