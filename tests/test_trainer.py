@@ -163,3 +163,30 @@ def test_backbone_weights_from_a_torchvision_state_dict(tiny_cfg, tmp_path):
     cfg = tiny_cfg(**{"model.backbone.name": "resnet18", "model.backbone.weights": str(vgg)})
     with pytest.raises(CheckpointError, match="vgg.pth"):
         Trainer(cfg, tmp_path / "w2", log=lambda *a: None)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu(tiny_cfg, easy_root, tmp_path, amp):
+    cfg = tiny_cfg(**{"train.epochs": 1, "train.amp": amp, "data.dataset": "image_folder",
+                      "data.root": str(easy_root), "model.backbone.name": "resnet18_w32"})
+    trainer = Trainer(cfg, tmp_path / amp, log=lambda *a: None)
+    before = trainer.task.head.fc.weight.clone()
+    metrics = trainer.fit()
+    assert not torch.equal(before, trainer.task.head.fc.weight)
+    assert torch.isfinite(trainer.task.head.fc.weight).all() and "accuracy" in metrics
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+
+
+def test_non_finite_loss_stops_naming_the_step_and_saves_nothing(tiny_cfg, tmp_path):
+    from visionkit.engine.trainer import NonFiniteLossError
+
+    class Poison(Hook):  # a diverged weight, as a too-high learning rate would leave it
+        def after_step(self, trainer, logs):
+            if trainer.global_step == 2:
+                next(trainer.task.head.parameters()).data.fill_(float("nan"))
+
+    cfg = tiny_cfg(**{"train.epochs": 1})
+    trainer = Trainer(cfg, tmp_path / "nan", hooks=[Poison()], log=lambda *a: None)
+    with pytest.raises(NonFiniteLossError, match=r"step 2 \(loss_ce=nan"):
+        trainer.fit()
+    assert not (tmp_path / "nan" / "checkpoints").exists()

@@ -37,7 +37,7 @@ def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Seq
     The JSON goes to ``output`` or, by default, ``eval_<split>.json`` beside the run's checkpoints.
     """
     cfg = _cfg(config, overrides)
-    trainer = Trainer(cfg, checkpoint=checkpoint, log=log)
+    trainer = Trainer(cfg, checkpoint=checkpoint, splits=(split,), log=log)
     metrics, details = trainer.evaluate(split, with_details=True)
     out = Path(output) if output else Path(checkpoint).parent.parent / f"eval_{split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

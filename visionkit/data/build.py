@@ -79,39 +79,41 @@ class SplitView(Dataset):
 
 
 class DecodedCache(Dataset):
-    """Keeps every decoded sample of ``base`` in memory, filled once in the main process before
-    the workers start, so workers share the pages (fork) and no epoch decodes a file twice.
+    """Keeps the decoded samples ``indices`` of ``base`` in memory, filled once in the main process
+    before the workers start, so workers share the pages (fork) and no epoch decodes a file twice.
 
     Worth it for small images, where decoding costs as much as the rest of the pipeline; the
-    ``data.cache`` option bounds it by the estimated size.
+    ``data.cache`` option bounds it by the estimated size. Other indices are read from ``base``.
     """
 
-    def __init__(self, base: Dataset):
+    def __init__(self, base: Dataset, indices=None):
         self.base = base
-        self.items = [base[i] for i in range(len(base))]
+        indices = range(len(base)) if indices is None else indices
+        self.items = {i: base[i] for i in indices}
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.base)
 
     def __getitem__(self, i):
-        item = self.items[i]
+        item = self.items[i] if i in self.items else self.base[i]
         return None if item is None else {k: (v.clone() if isinstance(v, torch.Tensor) else v)
                                           for k, v in item.items()}
 
 
-def maybe_cache(dataset: Dataset, mode: str, limit_bytes: float) -> Dataset:
+def maybe_cache(dataset: Dataset, mode, limit_bytes: float, indices=None) -> Dataset:
     """Wrap ``dataset`` in :class:`DecodedCache` when ``mode`` is true, or ``auto`` and the
-    decoded images (estimated from the first one) fit in ``limit_bytes``."""
-    if mode is False or len(dataset) == 0:
+    decoded samples (estimated from the first one) fit in ``limit_bytes``."""
+    count = len(dataset) if indices is None else len(indices)
+    if mode is False or count == 0:
         return dataset
     if mode == "auto":
-        first = dataset[0]
+        first = dataset[0 if indices is None else indices[0]]
         if first is None:
             return dataset
         per = sum(v.numel() * v.element_size() for v in first.values() if isinstance(v, torch.Tensor))
-        if per * len(dataset) > limit_bytes:
+        if per * count > limit_bytes:
             return dataset
-    return DecodedCache(dataset)
+    return DecodedCache(dataset, indices)
 
 
 class EpochSampler(Sampler):
@@ -173,23 +175,20 @@ def build_datasets(cfg, task_cls, run_dir: Path | None = None, splits: tuple[str
     source = source or build_source(cfg)
     seed = cfg.train.seed
     mode, limit = cfg.data.cache, cfg.data.cache_limit_gb * 2**30
-    if source.pool is not None:
-        source.pool = maybe_cache(source.pool, mode, limit)
-    else:
-        source.splits = {k: maybe_cache(v, mode, limit) if k in splits else v
-                         for k, v in source.splits.items()}
     out: dict[str, SplitView] = {}
     if source.splits is not None:
         for name in splits:
             if name in source.splits:
-                out[name] = SplitView(source.splits[name], None,
-                                      task_cls.sample_transform(cfg, name == "train"), seed)
+                data = maybe_cache(source.splits[name], mode, limit)
+                out[name] = SplitView(data, None, task_cls.sample_transform(cfg, name == "train"), seed)
     else:
         split = resolve_split(cfg, source, run_dir)
+        # decode only the samples of the requested splits (eval of the test split: just those)
+        wanted = sorted(i for name in splits for i in split.get(name, []))
+        pool = maybe_cache(source.pool, mode, limit, wanted)
         for name in splits:
             if split.get(name):
-                out[name] = SplitView(source.pool, split[name],
-                                      task_cls.sample_transform(cfg, name == "train"), seed)
+                out[name] = SplitView(pool, split[name], task_cls.sample_transform(cfg, name == "train"), seed)
     if "train" in splits and "train" not in out:
         raise DataError(f"data set '{cfg.data.root}' has no training samples; check data.split.ratios")
     return out, source

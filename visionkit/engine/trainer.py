@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionkit.data.build import build_datasets, build_loader, build_source
+from visionkit.data.build import SPLITS, build_datasets, build_loader, build_source
 from visionkit.engine.checkpoint import CheckpointManager, load_checkpoint
 from visionkit.engine.hooks import CheckpointHook, Hook, LoggerHook, MetricsWriter
 from visionkit.engine.optim import build_optimizer, build_scheduler
@@ -90,7 +90,7 @@ class Trainer:
 
     def __init__(self, cfg, run_dir: str | Path | None = None, *, resume: bool | str | Path = False,
                  checkpoint: str | Path | None = None, hooks: list[Hook] | None = None,
-                 log=print):
+                 splits: tuple[str, ...] = SPLITS, log=print):
         self.cfg = cfg
         self.log = log
         self.device = resolve_device(cfg.train.device)
@@ -115,7 +115,7 @@ class Trainer:
             split_dir = self.run_dir if (self.run_dir / "split.json").exists() else None
             if split_dir is None:
                 log(f"note: no split.json in '{self.run_dir}'; splitting the data with data.split.seed")
-        self.datasets, _ = build_datasets(cfg, self.task_cls, split_dir, source=source)
+        self.datasets, _ = build_datasets(cfg, self.task_cls, split_dir, splits, source=source)
         self.has_val = "val" in self.datasets
         self.monitor = self._monitor()
         self.epoch = 0  # completed epochs
