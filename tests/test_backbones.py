@@ -129,9 +129,13 @@ def option_cases() -> list:
 
 
 OPTION_CASES = option_cases()
+# the big ResNet-family models get the training step too (the VGG/AlexNet/DenseNet ones are
+# trained in test_backbones_tv_families.py)
+BIG_RESNETS = [pytest.param(n, {}, id=n) for n in NAMES if n.startswith(("resnet", "resnext", "se_"))
+               and n not in {c.values[0] for c in OPTION_CASES if not c.values[1]}]
 
 
-@pytest.mark.parametrize(("name", "kw"), OPTION_CASES)
+@pytest.mark.parametrize(("name", "kw"), OPTION_CASES + BIG_RESNETS)
 def test_classifier_and_one_training_step(name, kw):
     torch.manual_seed(0)
     model = Classifier(BACKBONES.build(name, **kw), num_classes=5).train()
