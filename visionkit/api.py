@@ -101,11 +101,15 @@ def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: 
         with torch.no_grad():
             preds = task.predict(batch)
         rec = {"path": str(path), **task.record(preds, 0)}
-        records.append(rec)
         log(f"{path}: {task.describe(preds, 0)}")
         if out:
+            stem = f"{i:05d}_{path.stem}"
             vis = task.visualize(batch, preds, 1)
-            save_image(vis.float() / 255, out / f"{i:05d}_{path.stem}.png")
+            save_image(vis.float() / 255, out / f"{stem}.png")
+            files = task.write_outputs(preds, 0, out, stem)
+            if files:
+                rec["files"] = files
+        records.append(rec)
     if out:
         (out / "predictions.json").write_text(json.dumps(records, indent=2))
         log(f"wrote {len(records)} drawings and predictions.json to {out}")

@@ -80,3 +80,5 @@ NECKS = Registry("neck")
 TASKS = Registry("task")
 DATASETS = Registry("dataset")
 EVALUATORS = Registry("evaluator")
+#: task name -> ``builder(cfg, root) -> Source``: what the ``shapes`` data set gives each task
+SHAPES_VIEWS = Registry("shapes view")

@@ -67,6 +67,19 @@ class Task(nn.Module):
         """uint8 images ``(N, 3, H, W)`` showing inputs with targets and predictions."""
         raise NotImplementedError
 
+    def describe(self, predictions: Any, i: int) -> str:
+        """One image's prediction as one line of text (``visionkit predict`` prints it)."""
+        raise NotImplementedError
+
+    def record(self, predictions: Any, i: int) -> dict:
+        """One image's prediction as JSON-able values (``predictions.json`` of ``predict --out``)."""
+        raise NotImplementedError
+
+    def write_outputs(self, predictions: Any, i: int, out_dir, stem: str) -> list[str]:
+        """Files for programs beside the drawing (a palette PNG, 16-bit depth, ...) written by
+        ``predict --out`` as ``out_dir/<stem>_*``; returns their names. Default: none."""
+        return []
+
     def metadata(self) -> dict:
         """What a checkpoint must remember to rebuild and use the model (class names, ...)."""
         return {}

@@ -12,7 +12,7 @@ from visionkit.data.build import Source
 from visionkit.data.datasets.folder import ImageFolderDataset, has_own_splits, split_roots
 from visionkit.data.datasets.synthetic import SHAPE_CLASSES, ensure_shapes
 from visionkit.errors import DataError
-from visionkit.registry import DATASETS
+from visionkit.registry import DATASETS, SHAPES_VIEWS
 
 
 @DATASETS.register("image_folder")
@@ -48,9 +48,17 @@ class MultiHotLabels(Dataset):
 
 @DATASETS.register("shapes")
 def shapes(cfg) -> Source:
-    """The built-in synthetic scenes (generated into ``data.root`` on first use)."""
+    """The built-in synthetic scenes (generated into ``data.root`` on first use).
+
+    Classification reads the ImageFolder layout; every other task reads the targets it needs
+    (masks, boxes, depth) of the same scenes through the view it registered in ``SHAPES_VIEWS``.
+    """
     d = cfg.data
     root = ensure_shapes(d.root, d.synth.num_images, d.synth.size, d.synth.seed)
+    if cfg.task != "classification":
+        if cfg.task not in SHAPES_VIEWS:
+            raise DataError(f"the shapes data set has no targets for task '{cfg.task}'")
+        return SHAPES_VIEWS.get(cfg.task)(cfg, Path(root))
     pool = ImageFolderDataset(root, channels=d.channels, on_error=d.on_error)
     src = Source(classes=pool.classes, pool=pool, targets=pool.targets)
     if cfg.model.get("head", {}).get("multi_label"):
