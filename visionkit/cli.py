@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--num-images", type=int, default=3000)
     synth.add_argument("--size", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("benchmark", help="speed and memory figures side by side with baselines")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute)")
+    p.add_argument("--only", metavar="NAME[,NAME]", help="run only these benchmarks (see --list)")
+    p.add_argument("--out", metavar="FILE", help="write the rows as JSON")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     return parser
 
 
@@ -167,8 +175,14 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from visionkit.bench.harness import main_args
+
+    return main_args(args)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info,
-            "config": cmd_config, "data": cmd_data}
+            "config": cmd_config, "data": cmd_data, "benchmark": cmd_benchmark}
 
 
 def one_line(e: BaseException) -> str:

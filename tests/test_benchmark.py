@@ -1,0 +1,76 @@
+"""The benchmark harness: ``--quick`` runs every row end to end and writes the JSON table.
+
+No timing is asserted (the machine's speed is not the code's); the test checks that each
+selected row is there, states what it ran on, and holds positive, finite numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from visionkit.cli import main
+
+ROW_KEYS = {"figure", "ours", "baseline", "ratio", "target", "met", "unit", "details"}
+DETAIL_KEYS = {"model", "image_size", "batch", "threads", "device", "repeats"}
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_run_has_every_selected_row_with_sane_numbers(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VISIONKIT_BENCH_TMP", str(tmp_path))
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:  # one thread: steadier on a loaded machine, and what the rows must then report
+        code = main(["benchmark", "--quick", "--threads", "1", "--out", str(out),
+                     "--only", "trainer_step,end_to_end,pipeline,flops,coco_eval,memory,gpu"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    quick_run = json.loads(out.read_text())
+    rows = quick_run["rows"]
+    by_bench: dict[str, list] = {}
+    for r in rows:
+        assert ROW_KEYS <= set(r), r
+        by_bench.setdefault(r["benchmark"], []).append(r)
+    assert set(by_bench) == set(quick_run["benchmarks"])
+    assert len(by_bench["trainer_step"]) == 2 and len(by_bench["end_to_end"]) == 2
+    assert len(by_bench["pipeline"]) == 2
+    for name in ("trainer_step", "end_to_end", "pipeline", "flops"):
+        for r in by_bench[name]:
+            assert "failed" not in r.get("note", ""), r
+            assert positive(r["ours"]) and positive(r["baseline"]), r
+            assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"])
+            assert r["met"] in (True, False)
+            assert DETAIL_KEYS <= set(r["details"]), r["details"]
+            assert r["details"]["threads"] == 1 and r["details"]["repeats"] >= 1
+    flops = by_bench["flops"][0]
+    assert flops["details"]["gflop_per_step"] > 0 and flops["ours"] < 5 * flops["baseline"]
+    mem = by_bench["memory"][0]
+    # a training run holds at least the libraries (> 100 MiB) and far less than 2 GiB here
+    assert 0.1 < mem["ours"] < 2 and mem["met"] is True and mem["details"]["processes"] >= 1
+    # rows that cannot be measured here say why instead of showing numbers
+    for name in ("coco_eval", "gpu"):
+        for r in by_bench[name]:
+            if r["ours"] is None:
+                assert r["note"] and r["met"] is None
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and "target" in printed and "threads 1" in printed
+
+
+def test_only_rejects_unknown_names_with_a_suggestion(capsys):
+    assert main(["benchmark", "--only", "trainer_stp"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer_stp" in err and "trainer_step" in err
+
+
+def test_list_names_every_benchmark(capsys):
+    assert main(["benchmark", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("trainer_step", "end_to_end", "pipeline", "flops", "coco_eval", "memory", "gpu"):
+        assert name in out

@@ -1,0 +1,104 @@
+"""Row 2: ``visionkit train`` from image files against the same model on in-memory tensors.
+
+"Ours" is the whole training command -- the trainer built from a config on the built-in shapes
+scenes (PNG files), with the default loader (workers, decoded-image cache), augmentation,
+collation, device normalisation, logging, validation and checkpoints. Its throughput is timed per
+epoch from the first batch request to the last step (validation and checkpointing are outside
+that window but inside the total wall time, which the row also reports). The baseline is the
+textbook loop on one in-memory batch of the same model, size and batch, so the ratio is what the
+input side costs on top of the model's own compute.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from visionkit.bench import common
+from visionkit.engine.hooks import Hook
+from visionkit.registry import BENCHMARKS
+
+#: (backbone, image size, batch, train images, target)
+CASES = [("resnet18", 64, 32, 256, ">= 0.90"), ("resnet18", 224, 16, 64, ">= 0.90"),
+         ("lenet5", 32, 64, 1024, ">= 0.50")]
+QUICK_CASES = [("resnet18", 32, 8, 16, ">= 0.90"), ("lenet5", 32, 32, 128, ">= 0.50")]
+
+
+class EpochTimer(Hook):
+    """Seconds from the start of each training epoch to its last step, and its image count."""
+
+    def __init__(self):
+        self.epochs: list[tuple[float, int]] = []
+
+    def before_epoch(self, trainer) -> None:
+        self._start, self._images = time.perf_counter(), 0
+
+    def after_step(self, trainer, logs: dict) -> None:
+        common.sync(trainer.device)
+        self._images += logs["batch_size"]
+        self._last = time.perf_counter()
+
+    def after_epoch(self, trainer) -> None:
+        self.epochs.append((self._last - self._start, self._images))
+
+
+def measure(backbone: str, size: int, batch: int, train: int, epochs: int, folder: Path, dev):
+    from visionkit.config import load_config
+    from visionkit.engine.optim import build_optimizer
+    from visionkit.engine.trainer import Trainer
+
+    from visionkit.bench.trainer_step import batch_for
+
+    val = batch
+    cfg_path = common.classification_config(
+        folder, backbone=backbone, image_size=size, batch=batch, root=folder / f"shapes_{backbone}_{size}",
+        num_images=train + val, counts=[train, val, 0], epochs=epochs, dev=dev)
+    cfg = load_config(cfg_path)
+    from visionkit.data.build import build_source
+
+    build_source(cfg)  # generate the files first: making the data set is not part of training
+    timer = EpochTimer()
+    start = time.perf_counter()
+    trainer = Trainer(cfg, folder / f"run_{backbone}_{size}", hooks=[timer], log=lambda *a, **k: None)
+    trainer.fit()
+    wall = time.perf_counter() - start
+    # the first epoch pays for starting the workers once (they persist); steady epochs are the rest
+    steady = timer.epochs[1:] or timer.epochs
+    ours_runs = [n / s for s, n in steady]
+
+    model = common.clone_model(trainer.task)
+    optimizer = build_optimizer(model, cfg.train.optimizer)
+    images, labels = batch_for(backbone, size, batch, trainer.device)
+    steps = train // batch
+    base_runs = [batch * steps / common.timed(
+        lambda: common.textbook_loop(model, optimizer, images, labels, steps), trainer.device)
+        for _ in range(len(steady) + 1)][1:]  # the first is a warm-up
+    data_share = _data_share(trainer.run_dir)
+    info = {"epochs": epochs, "train_images": train, "ours_runs": ours_runs, "baseline_runs": base_runs,
+            "first_epoch_images_per_s": timer.epochs[0][1] / timer.epochs[0][0],
+            "total_wall_s": round(wall, 2), "num_workers": cfg.data.num_workers,
+            "cache": cfg.data.cache, "mean_data_share": data_share}
+    return common.median(ours_runs), common.median(base_runs), len(steady), info
+
+
+def _data_share(run_dir: Path) -> float | None:
+    """The mean ``data_share`` the trainer logged: how much of each step waited for input."""
+    import json
+
+    shares = [json.loads(line).get("data_share") for line in (Path(run_dir) / "metrics.jsonl").open()]
+    shares = [s for s in shares if s is not None]
+    return sum(shares) / len(shares) if shares else None
+
+
+@BENCHMARKS.register("end_to_end")
+def end_to_end(quick: bool) -> list[dict]:
+    dev = common.device()
+    rows = []
+    epochs = 2 if quick else 4
+    with common.workdir("e2e") as tmp:
+        for backbone, size, batch, train, target in (QUICK_CASES if quick else CASES):
+            ours, base, repeats, extra = measure(backbone, size, batch, train, epochs, Path(tmp), dev)
+            info = common.details(backbone, size, batch, repeats, dev, **extra)
+            rows.append(common.row(f"2 visionkit train from files vs in-memory, {backbone} @ {size}px",
+                                   ours, base, target, "images/s", info))
+    return rows

@@ -1,0 +1,71 @@
+"""Row 8 (GPU only): ResNet-50 training with bf16 autocast + channels_last against fp32.
+
+Both sides train torchvision's ``resnet50`` with SGD on one in-memory batch on the same card.
+The reference uses torchvision's reference-script settings (fp32, contiguous NCHW); ours runs
+the step through our trainer with ``train.amp: bf16`` and the model and batch in channels_last,
+the settings ``visionkit train`` should take on a GPU. With ``VISIONKIT_BENCH_COMPILE=1`` a third
+row adds ``torch.compile`` on top. On a machine without CUDA it reports a row saying so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from visionkit.bench import common
+from visionkit.registry import BENCHMARKS
+
+TARGET = ">= 2"
+FIGURE = "8 GPU ResNet-50 training, bf16 + channels_last vs fp32 reference"
+
+
+@BENCHMARKS.register("gpu")
+def gpu(quick: bool) -> list[dict]:
+    dev = common.device()
+    if dev.type != "cuda":
+        return [common.unavailable(FIGURE, TARGET, "images/s",
+                                   "skipped: no CUDA device (run with --device cuda on a GPU machine)",
+                                   {"device": str(dev)})]
+    import torchvision
+
+    from visionkit.bench.trainer_step import TrainerSteps, batch_for
+
+    size, batch, steps, repeats = (128, 32, 3, 2) if quick else (224, 128, 10, 5)
+    rows = []
+    with common.workdir("gpu") as tmp:
+        folder = Path(tmp)
+        cfg_path = common.classification_config(
+            folder, backbone="resnet50", image_size=size, batch=batch, root=folder / "shapes",
+            num_images=30, epochs=1000, dev=dev,
+            **{"data.synth.size": 32, "data.num_workers": 0, "train.amp": "bf16"})
+        images, labels = batch_for("resnet50", size, batch, dev)
+        ours = TrainerSteps(cfg_path, folder / "run", images.contiguous(memory_format=torch.channels_last),
+                            labels, steps)
+        ours.model.to(memory_format=torch.channels_last)
+
+        ref = torchvision.models.resnet50(num_classes=6).to(dev)
+        ref_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+        def run_ours() -> float:
+            return batch * steps / common.timed(ours.run, dev)
+
+        def run_ref() -> float:
+            return batch * steps / common.timed(
+                lambda: common.textbook_loop(ref, ref_opt, images, labels, steps), dev)
+
+        run_ours(), run_ref()
+        a, b = common.alternate(run_ours, run_ref, repeats)
+        info = common.details("resnet50", size, batch, repeats, dev, steps_per_repeat=steps,
+                              ours_runs=a, baseline_runs=b, amp="bf16", channels_last=True)
+        rows.append(common.row(FIGURE, common.median(a), common.median(b), TARGET, "images/s", info))
+        if os.environ.get("VISIONKIT_BENCH_COMPILE") == "1":
+            ours.trainer.task.compile()
+            run_ours()  # compiles
+            c = [run_ours() for _ in range(repeats)]
+            info = dict(info, ours_runs=c, compile=True)
+            rows.append(common.row(FIGURE + " + torch.compile", common.median(c), common.median(b),
+                                   TARGET, "images/s", info))
+        ours.close()
+    return rows
