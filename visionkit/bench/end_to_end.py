@@ -19,7 +19,7 @@ from visionkit.engine.hooks import Hook
 from visionkit.registry import BENCHMARKS
 
 #: (backbone, image size, batch, train images, target)
-CASES = [("resnet18", 64, 32, 256, ">= 0.90"), ("resnet18", 224, 16, 64, ">= 0.90"),
+CASES = [("resnet18", 64, 32, 256, ">= 0.90"), ("resnet18", 224, 8, 32, ">= 0.90"),
          ("lenet5", 32, 64, 1024, ">= 0.50")]
 QUICK_CASES = [("resnet18", 32, 8, 16, ">= 0.90"), ("lenet5", 32, 32, 128, ">= 0.50")]
 

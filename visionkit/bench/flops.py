@@ -46,7 +46,7 @@ def flops(quick: bool) -> list[dict]:
     from visionkit.bench.trainer_step import TrainerSteps, batch_for
 
     dev = common.device()
-    size, batch, steps, repeats = (96, 2, 1, 2) if quick else (224, 8 if dev.type == "cpu" else 64, 3, 3)
+    size, batch, steps, repeats = (96, 2, 1, 2) if quick else (224, 4 if dev.type == "cpu" else 64, 3, 3)
     n = 1024 if quick else (2048 if dev.type == "cpu" else 8192)
     with common.workdir("flops") as tmp:
         folder = Path(tmp)

@@ -50,10 +50,14 @@ class MetricsWriter:
 class LoggerHook(Hook):
     """Averages the step logs over ``log_every`` steps and writes them; draws the progress bar."""
 
+    #: above this share of the step time spent waiting for batches, the epoch line says so
+    SLOW_INPUT = 0.3
+
     def __init__(self, writer: MetricsWriter, log_every: int, progress: bool):
         self.writer, self.log_every, self.progress = writer, log_every, progress
         self.window: list[dict] = []
         self.bar = None
+        self.epoch_totals = {"images": 0, "time": 0.0, "data_wait": 0.0}
 
     def before_fit(self, trainer) -> None:
         cfg_text = "    " + trainer.cfg.to_yaml().replace("\n", "\n    ")
@@ -69,6 +73,10 @@ class LoggerHook(Hook):
 
     def after_step(self, trainer, logs: dict) -> None:
         self.window.append(logs)
+        t = self.epoch_totals
+        t["images"] += logs["batch_size"]
+        t["time"] += logs["time"]
+        t["data_wait"] += logs["data_wait"]
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.3g}",
@@ -93,6 +101,14 @@ class LoggerHook(Hook):
 
     def after_epoch(self, trainer) -> None:
         self.flush(trainer)
+        t, self.epoch_totals = self.epoch_totals, {"images": 0, "time": 0.0, "data_wait": 0.0}
+        if t["time"] > 0:
+            share = t["data_wait"] / t["time"]
+            hint = (" -- the input is the bottleneck: raise data.num_workers, keep data.cache on, "
+                    "or use smaller image files") if share > self.SLOW_INPUT else ""
+            trainer.log(f"epoch {trainer.epoch}/{trainer.cfg.train.epochs} train: "
+                        f"{t['images'] / t['time']:.0f} images/s, {share:.0%} of the time waiting "
+                        f"for data{hint}")
         if self.bar is not None:
             self.bar.close()
             self.bar = None

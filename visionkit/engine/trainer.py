@@ -343,12 +343,17 @@ class Trainer:
                 self.scheduler.step()
                 self.global_step += 1
             self.step_in_epoch = i + 1
-            end = time.perf_counter()
+            # .item() waits for the step's device work, so the step time covers it on a GPU too
+            # (read after the clock, a GPU's compute would be booked as the next step's data wait)
+            values = {k: v.item() for k, v in losses.items()}
+            loss = total.item()
+            done = time.perf_counter()
             self.call("after_step", {
-                "loss": total.item(), "losses": {k: v.item() for k, v in losses.items()},
+                "loss": loss, "losses": values,
                 "lr": self.optimizer.param_groups[0]["lr"], "batch_size": len(batch["images"]),
-                "time": end - start + data_wait, "data_wait": data_wait,
+                "time": done - start + data_wait, "data_wait": data_wait,
             })
+            end = time.perf_counter()  # the hooks' own time (logging) is neither data nor step
 
     @torch.no_grad()
     def evaluate(self, split: str = "val", with_details: bool = False):
