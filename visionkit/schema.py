@@ -165,6 +165,8 @@ def base_schema() -> dict:
             "epochs": Field(int, 10, min=1),
             "device": Field(str, "auto", help="auto, cpu, cuda or cuda:N"),
             "amp": Field(str, "none", choices=("none", "bf16", "fp16")),
+            "channels_last": Field((bool, str), "auto", choices=("auto", True, False),
+                                   help="NHWC weights and batches; auto: on CUDA (tensor-core convolutions)"),
             "accumulate": Field(int, 1, min=1),
             "clip_grad_norm": Field(float, None, nullable=True, min=0),
             "seed": Field(int, 0),

@@ -2,8 +2,8 @@
 
 Both sides train torchvision's ``resnet50`` with SGD on one in-memory batch on the same card.
 The reference uses torchvision's reference-script settings (fp32, contiguous NCHW); ours runs
-the step through our trainer with ``train.amp: bf16`` and the model and batch in channels_last,
-the settings ``visionkit train`` should take on a GPU. With ``VISIONKIT_BENCH_COMPILE=1`` a third
+the step through our trainer with ``train.amp: bf16`` and its default ``train.channels_last:
+auto``, which on CUDA puts the model and every batch in channels_last. With ``VISIONKIT_BENCH_COMPILE=1`` a third
 row adds ``torch.compile`` on top. On a machine without CUDA it reports a row saying so.
 """
 
@@ -41,9 +41,9 @@ def gpu(quick: bool) -> list[dict]:
             num_images=30, epochs=1000, dev=dev,
             **{"data.synth.size": 32, "data.num_workers": 0, "train.amp": "bf16"})
         images, labels = batch_for("resnet50", size, batch, dev)
-        ours = TrainerSteps(cfg_path, folder / "run", images.contiguous(memory_format=torch.channels_last),
-                            labels, steps)
-        ours.model.to(memory_format=torch.channels_last)
+        # train.channels_last is auto, which is on for CUDA: the trainer converts model and batches
+        ours = TrainerSteps(cfg_path, folder / "run", images, labels, steps)
+        assert ours.trainer.channels_last
 
         ref = torchvision.models.resnet50(num_classes=6).to(dev)
         ref_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)

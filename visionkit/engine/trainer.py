@@ -106,6 +106,12 @@ class Trainer:
         source = build_source(cfg)
         self.classes = source.classes
         self.task = self.task_cls.from_config(cfg, {"classes": self.classes}).to(self.device)
+        # channels_last lets cuDNN run convolutions on tensor cores without transposes; on CPU
+        # oneDNN gains little or nothing for our models, so auto keeps the default layout there
+        cl = cfg.train.channels_last
+        self.channels_last = self.device.type == "cuda" if cl == "auto" else bool(cl)
+        if self.channels_last:
+            self.task.to(memory_format=torch.channels_last)
         if cfg.model.backbone.weights and self.resume_path is None:
             self._load_pretrained()
         if checkpoint is None:
@@ -275,7 +281,11 @@ class Trainer:
                 return {k: move(x) for k, x in v.items()}
             return v
 
-        return self.task.preprocess({k: move(v) for k, v in batch.items()})
+        batch = self.task.preprocess({k: move(v) for k, v in batch.items()})
+        images = batch.get("images")
+        if self.channels_last and isinstance(images, torch.Tensor) and images.ndim == 4:
+            batch["images"] = images.contiguous(memory_format=torch.channels_last)
+        return batch
 
     def fit(self) -> dict:
         """Train for ``train.epochs``; returns the last validation metrics."""
