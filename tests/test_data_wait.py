@@ -13,7 +13,8 @@ def test_trainer_logs_the_data_wait_share_per_window_and_epoch(tiny_cfg, tmp_pat
     cfg = tiny_cfg(**{"train.epochs": 2, "train.log_every": 2})
     Trainer(cfg, tmp_path / "run", log=logs.append).fit()
 
-    lines = [m for m in logs if re.match(r"epoch \d/2 train: \d+ images/s, \d+% of the time waiting for data", m)]
+    line = re.compile(r"epoch \d/2 train: \d+ images/s, \d+% of the time waiting for data")
+    lines = [m for m in logs if line.match(m)]
     assert len(lines) == 2, logs
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]

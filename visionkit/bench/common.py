@@ -105,7 +105,8 @@ def timed(fn: Callable[[], object], dev: torch.device) -> float:
 
 def workdir(prefix: str) -> tempfile.TemporaryDirectory:
     """A scratch folder for a row's files (``VISIONKIT_BENCH_TMP`` picks where)."""
-    return tempfile.TemporaryDirectory(prefix=f"vk-bench-{prefix}-", dir=os.environ.get("VISIONKIT_BENCH_TMP"))
+    where = os.environ.get("VISIONKIT_BENCH_TMP")
+    return tempfile.TemporaryDirectory(prefix=f"vk-bench-{prefix}-", dir=where)
 
 
 def write_config(folder: Path, name: str, tree: dict) -> Path:

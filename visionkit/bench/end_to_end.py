@@ -71,8 +71,10 @@ def measure(backbone: str, size: int, batch: int, train: int, epochs: int, folde
             state["opt"] = build_optimizer(state["model"], cfg.train.optimizer)
             state["batch"] = batch_for(backbone, size, batch, trainer.device)
             common.textbook_loop(state["model"], state["opt"], *state["batch"], 1)  # warm-up
-        return batch * steps / common.timed(
-            lambda: common.textbook_loop(state["model"], state["opt"], *state["batch"], steps), trainer.device)
+        def run():
+            common.textbook_loop(state["model"], state["opt"], *state["batch"], steps)
+
+        return batch * steps / common.timed(run, trainer.device)
 
     timer = EpochTimer(baseline)
     start = time.perf_counter()
