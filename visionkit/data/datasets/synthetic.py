@@ -171,6 +171,46 @@ def render_semantic(image_annotation: dict, ignore_value: int = 255, *,
     return semantic
 
 
+#: Depth of the ground at the image's bottom and top edges (metres); see :func:`render_depth`.
+DEPTH_NEAR, DEPTH_FAR = 2.0, 10.0
+
+
+def ground_depth(rows, height: int) -> np.ndarray:
+    """Depth (m) of the ground plane at image row coordinate ``rows`` (0 = top edge, ``height`` =
+    bottom edge, continuous).
+
+    A pinhole camera looking level over a flat ground sees a ground point at depth ``Z = k / (v -
+    v_h)``, with ``v`` its row and ``v_h`` the horizon's (Hartley and Zisserman 2004, sec. 8.6:
+    points on a plane map by a homography). The horizon lies above the picture, so the ground
+    fills every row, with ``DEPTH_NEAR`` at the bottom edge and ``DEPTH_FAR`` at the top edge.
+    """
+    v = np.asarray(rows, dtype=np.float64) / height
+    horizon = -DEPTH_NEAR / (DEPTH_FAR - DEPTH_NEAR)  # normalised row where Z would be infinite
+    return DEPTH_FAR * (-horizon) / (v - horizon)
+
+
+def render_depth(image_annotation: dict) -> np.ndarray:
+    """Metric depth ``(H, W)`` float32 of a scene, from its annotations (the image is unchanged).
+
+    The 3D layout behind a picture: the background is a ground plane in perspective (depth grows
+    towards the top, :func:`ground_depth`, from 2 m to 10 m), and every object is an upright flat
+    cut-out standing on the ground at its lowest polygon point, facing the camera, so its whole
+    visible area has the ground's depth at that row. Which surface is seen at a pixel is what the
+    picture shows: the visible-object masks of :func:`render_instance_masks` (draw order). So the
+    depth of every pixel follows from image cues alone -- its row (height in the visual field)
+    and, on an object, the row of that object's foot -- and objects occlude what lies behind.
+    The annotation's ``distance`` fields (random, with no cue in the image) are not used.
+    """
+    h, w = image_annotation["height"], image_annotation["width"]
+    rows = np.arange(h, dtype=np.float64) + 0.5  # pixel centres
+    depth = np.repeat(ground_depth(rows, h)[:, None], w, axis=1)
+    masks = render_instance_masks(image_annotation)
+    for obj, mask in zip(image_annotation["objects"], masks):
+        foot = max(obj["polygon"][1::2])  # lowest point (largest y) of the polygon as drawn
+        depth[mask] = ground_depth(foot, h)
+    return depth.astype(np.float32)
+
+
 def load_annotations(root: str | Path) -> list[dict]:
     """The per-image records of a generated root, in image-id order."""
     return json.loads((Path(root) / "annotations.json").read_text())["images"]
