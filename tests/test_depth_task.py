@@ -150,3 +150,31 @@ def test_depth_pairs_data_set_through_the_cli(tmp_path):
     assert r.returncode == 1
     assert str(root / "val" / "depth" / "1.png") in r.stderr and "same size" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "depth").glob("*.yaml")), ids=lambda p: p.name)
+def test_depth_recipes_build_their_task(path):
+    cfg = load_config(path, ["model.backbone.weights=null"])  # weights are the user's download
+    task = TASKS.get("depth").from_config(cfg, {"classes": []})
+    assert task.max_depth == cfg.data.depth.max_depth
+    size = cfg.data.depth.crop or [cfg.data.image_size] * 2
+    with torch.no_grad():
+        assert task.eval()(torch.zeros(1, 3, *size)).shape == (1, *size)
+
+
+def test_visualize_shows_input_prediction_truth_and_error(shapes_root, tmp_path):
+    cfg = load_config(depth_config(shapes_root, tmp_path))
+    task = TASKS.get("depth").from_config(cfg, {"classes": []}).eval()
+    images = torch.zeros(2, 3, 32, 32)
+    depth = torch.full((2, 32, 32), 4.0)
+    depth[:, :8] = 0.0  # top quarter has no measurement
+    pred = {"depth": torch.full((2, 32, 32), 4.0)}
+    grid = task.visualize({"images": images, "depth": depth}, pred, 8)
+    # 2 rows x 4 panels of 32 px with 2 px padding, scaled x4 to reach 128 px panels
+    assert grid.shape == (1, 3, 4 * (2 + 2 * 34), 4 * (2 + 4 * 34)) and grid.dtype == torch.uint8
+    truth = grid[0, :, 4 * 2:4 * 34, 4 * (2 + 2 * 34):4 * (2 + 3 * 34) - 8]  # row 1, panel 3
+    assert (truth[:, :4 * 8] == 96).all()  # no ground truth: grey
+    error = grid[0, :, 4 * 2 + 4 * 8:4 * 34, 4 * (2 + 3 * 34):4 * (2 + 4 * 34) - 8]
+    assert (error == torch.tensor([0, 0, 4]).view(3, 1, 1)).all()  # exact prediction: zero error colour
+    only_pred = task.visualize({"images": images}, pred, 8)
+    assert only_pred.shape[-1] == 4 * (2 + 2 * 34)  # input | prediction

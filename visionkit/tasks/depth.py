@@ -117,7 +117,7 @@ class DepthTask(Task):
     def data_schema(cls) -> dict:
         size = dict(nullable=True, length=2, min=1)
         return {"depth": {
-            "format": Field(str, "nyu", choices=tuple(["nyu", "kitti"]),
+            "format": Field(str, "nyu", choices=("nyu", "kitti"),
                             help="nyu: 16-bit PNG mm; kitti: 16-bit PNG m*256, sparse"),
             "depth_scale": Field(float, None, nullable=True, min=1e-9,
                                  help="stored value per metre; null: 1000 (nyu) or 256 (kitti)"),
