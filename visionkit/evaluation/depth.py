@@ -48,7 +48,8 @@ def crop_mask(height: int, width: int, crop: str | None, device=None) -> torch.T
     return mask
 
 
-def valid_mask(target: torch.Tensor, min_depth: float, max_depth: float, crop: str | None = None) -> torch.Tensor:
+def valid_mask(target: torch.Tensor, min_depth: float, max_depth: float,
+               crop: str | None = None) -> torch.Tensor:
     """Pixels with a measurement inside the range (and the crop): 0 and non-finite are never valid."""
     valid = torch.isfinite(target) & (target > min_depth) & (target <= max_depth)
     if crop not in (None, "none"):

@@ -4,7 +4,8 @@ Why it exists: quickstart, tests and CI need a data set that needs no download a
 target the toolkit trains on. Each scene has one large *main* object on a textured, noisy
 background plus up to two small distractors; the image's class is the main object's kind, and
 ``annotations.json`` keeps every object's polygon, box, draw order and a depth-like distance, so
-boxes, instance masks, semantic masks and depth for later tasks come from the very same scenes.
+boxes, instance masks, semantic masks and depth for later tasks come from the very same scenes
+(depth maps: :func:`render_depth`, from the scene's ground-plane layout rather than that distance).
 
 A generated root looks like::
 

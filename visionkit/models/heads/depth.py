@@ -88,7 +88,8 @@ class DepthHead(nn.Module):
             self.fpn = FeaturePyramidNetwork([s.channels for _, s in specs], channels)
             self.merge = conv_bn_relu(channels, channels)
             width = channels
-        self.stem = nn.Sequential(conv_bn_relu(in_channels, stem_channels), conv_bn_relu(stem_channels, stem_channels))
+        self.stem = nn.Sequential(conv_bn_relu(in_channels, stem_channels),
+                                  conv_bn_relu(stem_channels, stem_channels))
         # full resolution is the costliest place: half the decoder width there
         fine = max(8, channels // 2)
         self.refine = UpFuse(width, stem_channels, fine)
