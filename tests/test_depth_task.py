@@ -141,7 +141,12 @@ def test_depth_pairs_data_set_through_the_cli(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     r = _run("train", path, "--run-dir", tmp_path / "r")
     assert r.returncode == 0, r.stderr
-    assert "samples train 6, val 2" in r.stdout
+    assert "samples train 6, val 2" in r.stdout and "skipped_images 0.0000" in r.stdout
+    # a map without any measurement is skipped and counted, not an error
+    Image.fromarray(np.zeros((40, 48), np.uint16)).save(root / "val" / "depth" / "0.png")
+    r = _run("train", path, "--run-dir", tmp_path / "r1")
+    assert r.returncode == 0, r.stderr
+    assert "skipped_images 1.0000" in r.stdout
     Image.fromarray(np.zeros((10, 10), np.uint16)).save(root / "val" / "depth" / "1.png")
     r = _run("train", path, "--run-dir", tmp_path / "r2")
     assert r.returncode == 1
