@@ -207,6 +207,7 @@ def register_builtins() -> None:
     import visionkit.data.datasets.sources  # noqa: F401
     import visionkit.models.backbones  # noqa: F401
     import visionkit.tasks.classification  # noqa: F401
+    import visionkit.tasks.depth  # noqa: F401
 
 
 def validate(raw: dict, origins: dict, default_file: str) -> dict:
@@ -217,6 +218,7 @@ def validate(raw: dict, origins: dict, default_file: str) -> dict:
     task = raw.get("task", schema["task"].default)
     _check_field(schema["task"], task, "task", origins.get("task", default_file))
     schema["model"]["head"] = TASKS.get(task).head_schema()
+    schema["data"].update(TASKS.get(task).data_schema())
     cfg = _walk(schema, raw, "", origins, default_file)
     _cross_checks(cfg, origins, default_file)
     return cfg

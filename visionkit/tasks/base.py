@@ -43,6 +43,12 @@ class Task(nn.Module):
         return {}
 
     @classmethod
+    def data_schema(cls) -> dict:
+        """Extra ``data`` keys this task reads (a sub-section such as ``data.depth``); other
+        tasks' configs never see them."""
+        return {}
+
+    @classmethod
     def from_config(cls, cfg, data_info: dict) -> "Task":
         """Build the task from a validated config and what the data set says (class names, ...)."""
         raise NotImplementedError

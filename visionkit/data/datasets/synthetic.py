@@ -4,7 +4,8 @@ Why it exists: quickstart, tests and CI need a data set that needs no download a
 target the toolkit trains on. Each scene has one large *main* object on a textured, noisy
 background plus up to two small distractors; the image's class is the main object's kind, and
 ``annotations.json`` keeps every object's polygon, box, draw order and a depth-like distance, so
-boxes, instance masks, semantic masks and depth for later tasks come from the very same scenes.
+boxes, instance masks, semantic masks and depth for later tasks come from the very same scenes
+(depth maps: :func:`render_depth`, from the scene's ground-plane layout rather than that distance).
 
 A generated root looks like::
 
@@ -169,6 +170,46 @@ def render_semantic(image_annotation: dict, ignore_value: int = 255, *,
             hidden |= cov * 4 >= 3 * _FULL
         semantic[unsure] = ignore_value
     return semantic
+
+
+#: Depth of the ground at the image's bottom and top edges (metres); see :func:`render_depth`.
+DEPTH_NEAR, DEPTH_FAR = 2.0, 10.0
+
+
+def ground_depth(rows, height: int) -> np.ndarray:
+    """Depth (m) of the ground plane at image row coordinate ``rows`` (0 = top edge, ``height`` =
+    bottom edge, continuous).
+
+    A pinhole camera looking level over a flat ground sees a ground point at depth ``Z = k / (v -
+    v_h)``, with ``v`` its row and ``v_h`` the horizon's (Hartley and Zisserman 2004, sec. 8.6:
+    points on a plane map by a homography). The horizon lies above the picture, so the ground
+    fills every row, with ``DEPTH_NEAR`` at the bottom edge and ``DEPTH_FAR`` at the top edge.
+    """
+    v = np.asarray(rows, dtype=np.float64) / height
+    horizon = -DEPTH_NEAR / (DEPTH_FAR - DEPTH_NEAR)  # normalised row where Z would be infinite
+    return DEPTH_FAR * (-horizon) / (v - horizon)
+
+
+def render_depth(image_annotation: dict) -> np.ndarray:
+    """Metric depth ``(H, W)`` float32 of a scene, from its annotations (the image is unchanged).
+
+    The 3D layout behind a picture: the background is a ground plane in perspective (depth grows
+    towards the top, :func:`ground_depth`, from 2 m to 10 m), and every object is an upright flat
+    cut-out standing on the ground at its lowest polygon point, facing the camera, so its whole
+    visible area has the ground's depth at that row. Which surface is seen at a pixel is what the
+    picture shows: the visible-object masks of :func:`render_instance_masks` (draw order). So the
+    depth of every pixel follows from image cues alone -- its row (height in the visual field)
+    and, on an object, the row of that object's foot -- and objects occlude what lies behind.
+    The annotation's ``distance`` fields (random, with no cue in the image) are not used.
+    """
+    h, w = image_annotation["height"], image_annotation["width"]
+    rows = np.arange(h, dtype=np.float64) + 0.5  # pixel centres
+    depth = np.repeat(ground_depth(rows, h)[:, None], w, axis=1)
+    masks = render_instance_masks(image_annotation)
+    for obj, mask in zip(image_annotation["objects"], masks):
+        foot = max(obj["polygon"][1::2])  # lowest point (largest y) of the polygon as drawn
+        depth[mask] = ground_depth(foot, h)
+    return depth.astype(np.float32)
 
 
 def load_annotations(root: str | Path) -> list[dict]:

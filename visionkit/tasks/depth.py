@@ -1,0 +1,261 @@
+"""Monocular depth estimation: metric depth for every pixel of one image.
+
+The backbone's stages feed a decoder (:class:`~visionkit.models.heads.depth.DepthHead`) that
+predicts depth at input resolution inside ``[data.depth.min_depth, max_depth]``. Training and
+scoring use only the valid pixels of the ground truth (a measurement, inside the range); the
+metrics are those of :mod:`visionkit.evaluation.depth`.
+
+Joint transforms move image and depth together (``torchvision.transforms.v2`` with the depth map
+as a ``tv_tensors.Mask``, which every geometric transform resamples with *nearest*): a flip,
+crop or rescale never invents a depth value by interpolation, and padding is 0 (no measurement).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+from torchvision.transforms.v2._utils import query_size
+from torchvision.utils import make_grid
+
+from visionkit.data.datasets.depth import depth_scale, write_depth_png
+from visionkit.errors import ConfigError, DataError
+from visionkit.evaluation.depth import CROPS, DepthEvaluator, valid_mask
+from visionkit.models.build import build_backbone
+from visionkit.models.heads.depth import DECODERS, LOSSES, DepthHead, depth_loss
+from visionkit.registry import TASKS
+from visionkit.schema import Field
+from visionkit.tasks.base import Task
+from visionkit.visualize import denormalize
+
+KB_CROP = (352, 1216)  # KITTI benchmark crop (Uhrig et al. 2017): the rows the LiDAR covers
+
+
+class RandomScale(v2.Transform):
+    """Resize image and depth by one random factor in ``[lo, hi]`` (depth: nearest, values kept)."""
+
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def make_params(self, flat_inputs):
+        h, w = query_size(flat_inputs)
+        s = float(torch.empty(()).uniform_(self.lo, self.hi))
+        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+
+    def transform(self, inpt, params):
+        return TF.resize(inpt, params["size"], antialias=True)
+
+
+class BottomCenterCrop(v2.Transform):
+    """KITTI's benchmark crop: the bottom ``352 x 1216`` pixels, centred horizontally."""
+
+    def make_params(self, flat_inputs):
+        h, w = query_size(flat_inputs)
+        ch, cw = KB_CROP
+        if h < ch or w < cw:
+            raise DataError(f"data.depth.kb_crop needs images of at least {cw}x{ch}, got {w}x{h}")
+        return {"top": h - ch, "left": (w - cw) // 2}
+
+    def transform(self, inpt, params):
+        return TF.crop(inpt, params["top"], params["left"], *KB_CROP)
+
+
+def depth_transforms(train: bool, d, hflip: float) -> v2.Compose:
+    """``kb_crop`` -> ``resize`` -> (train: random ``scale`` -> random ``crop`` -> flip)."""
+    steps = []
+    if d.kb_crop:
+        steps.append(BottomCenterCrop())
+    if d.resize:
+        steps.append(v2.Resize(tuple(d.resize), antialias=True))
+    if train:
+        if tuple(d.scale) != (1.0, 1.0):
+            steps.append(RandomScale(*d.scale))
+        if d.crop:
+            steps.append(v2.RandomCrop(tuple(d.crop), pad_if_needed=True, fill=0))
+        if hflip > 0:
+            steps.append(v2.RandomHorizontalFlip(p=hflip))
+    return v2.Compose(steps or [v2.Identity()])
+
+
+# a perceptually ordered colour map (dark purple -> orange -> pale yellow), sampled at 6 stops
+_STOPS = torch.tensor([[0, 0, 4], [59, 15, 112], [140, 41, 129], [222, 73, 104], [254, 159, 109],
+                       [252, 253, 191]], dtype=torch.float32)
+
+
+def colorize(values: torch.Tensor, lo: float, hi: float, invalid: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 ``(3, H, W)``: ``values`` mapped from [lo, hi] onto the colour map; ``invalid`` grey."""
+    t = ((values.float().cpu() - lo) / max(hi - lo, 1e-12)).clamp(0, 1) * (len(_STOPS) - 1)
+    i = t.floor().long().clamp(max=len(_STOPS) - 2)
+    f = (t - i)[..., None]
+    rgb = _STOPS[i] * (1 - f) + _STOPS[i + 1] * f
+    if invalid is not None:
+        rgb[invalid.cpu()] = 96.0
+    return rgb.round().to(torch.uint8).permute(2, 0, 1)
+
+
+@TASKS.register("depth")
+class DepthTask(Task):
+    monitor = ("abs_rel", "min")
+
+    @classmethod
+    def head_schema(cls) -> dict:
+        return {
+            "decoder": Field(str, "unet", choices=DECODERS, help="unet: skip connections; fpn: pyramid sum"),
+            "channels": Field(int, 32, min=4, help="decoder width at stride 4 (doubles deeper, up to 4x)"),
+            "loss": Field(str, "silog", choices=LOSSES),
+            "silog_lambda": Field(float, 0.85, min=0, max=1, help="1: fully scale invariant"),
+            "silog_scale": Field(float, 10.0, min=0),
+            "berhu_threshold": Field(float, 0.2, min=0, max=1, help="c = threshold * max |error|"),
+        }
+
+    @classmethod
+    def data_schema(cls) -> dict:
+        size = dict(nullable=True, length=2, min=1)
+        return {"depth": {
+            "format": Field(str, "nyu", choices=("nyu", "kitti"),
+                            help="nyu: 16-bit PNG mm; kitti: 16-bit PNG m*256, sparse"),
+            "depth_scale": Field(float, None, nullable=True, min=1e-9,
+                                 help="stored value per metre; null: 1000 (nyu) or 256 (kitti)"),
+            "min_depth": Field(float, 1e-3, min=0),
+            "max_depth": Field(float, 10.0, min=0),
+            "train_list": Field(str, None, nullable=True,
+                                help="file of 'image depth' lines, relative to root"),
+            "val_list": Field(str, None, nullable=True),
+            "test_list": Field(str, None, nullable=True),
+            "image_dir": Field(str, "image"),
+            "depth_dir": Field(str, "depth"),
+            "resize": Field([int], None, help="[H, W] every image is resized to first; null: kept",
+                            **size),
+            "crop": Field([int], None, help="[H, W] random training crop; null: none", **size),
+            "scale": Field([float], [1.0, 1.0], length=2, min=0.05, help="random training rescale range"),
+            "kb_crop": Field(bool, False, help="KITTI benchmark crop (bottom 352x1216) first"),
+            "eval_crop": Field(str, "none", choices=("none", *CROPS)),
+            "median_scaling": Field(bool, False, help="scale each prediction by median(gt)/median(pred)"),
+            "average": Field(str, "image", choices=("image", "pixel"), help="metric averaging"),
+        }}
+
+    def __init__(self, backbone, *, decoder="unet", channels=32, loss="silog", silog_lambda=0.85,
+                 silog_scale=10.0, berhu_threshold=0.2, min_depth=1e-3, max_depth=10.0,
+                 depth_scale=1000.0, eval_crop="none", median_scaling=False, average="image",
+                 in_channels=3, mean=(0.0,), std=(1.0,)):
+        super().__init__()
+        self.backbone = backbone
+        self.head = DepthHead(backbone.feature_specs, in_channels, decoder=decoder, channels=channels,
+                              min_depth=min_depth, max_depth=max_depth)
+        self.loss_name, self.silog_lambda, self.silog_scale = loss, silog_lambda, silog_scale
+        self.berhu_threshold = berhu_threshold
+        self.min_depth, self.max_depth, self.depth_scale = min_depth, max_depth, depth_scale
+        self.eval_crop, self.median_scaling, self.average = eval_crop, median_scaling, average
+        self.mean, self.std = list(mean), list(std)
+        self.set_normalization(self.mean, self.std)
+
+    @classmethod
+    def from_config(cls, cfg, data_info: dict) -> "DepthTask":
+        h, d = cfg.model.head, cfg.data.depth
+        if not 0 < d.min_depth < d.max_depth:
+            raise ConfigError(f"{cfg.source}: data.depth.min_depth ({d.min_depth}) must be > 0 and below "
+                              f"data.depth.max_depth ({d.max_depth})")
+        if d.scale[0] > d.scale[1]:
+            raise ConfigError(f"{cfg.source}: data.depth.scale must be [min, max] with min <= max")
+        return cls(build_backbone(cfg), decoder=h.decoder, channels=h.channels, loss=h.loss,
+                   silog_lambda=h.silog_lambda, silog_scale=h.silog_scale, berhu_threshold=h.berhu_threshold,
+                   min_depth=d.min_depth, max_depth=d.max_depth, depth_scale=depth_scale(cfg),
+                   eval_crop=d.eval_crop, median_scaling=d.median_scaling, average=d.average,
+                   in_channels=cfg.data.channels, mean=cfg.data.mean, std=cfg.data.std)
+
+    @classmethod
+    def sample_transform(cls, cfg, train: bool):
+        return depth_transforms(train, cfg.data.depth, cfg.data.augment.hflip if train else 0.0)
+
+    def preprocess(self, batch: dict) -> dict:
+        if isinstance(batch["images"], list):
+            sizes = sorted({tuple(i.shape[-2:]) for i in batch["images"]})
+            raise DataError(f"depth images of different sizes {sizes[:3]} in one batch; set "
+                            "data.depth.resize (or kb_crop for KITTI) so that they share one size")
+        return super().preprocess(batch)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Metric depth ``(B, H, W)`` at the input's resolution."""
+        return self.head(images, self.backbone(images))
+
+    def valid(self, target: torch.Tensor) -> torch.Tensor:
+        return valid_mask(target, self.min_depth, self.max_depth)
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        pred = self(batch["images"])
+        target = batch["depth"].float()
+        if target.shape != pred.shape:
+            raise DataError(f"depth targets of shape {tuple(target.shape)} do not match the images "
+                            f"{tuple(pred.shape)}")
+        loss = depth_loss(self.loss_name, pred, target, self.valid(target), silog_lambda=self.silog_lambda,
+                          silog_scale=self.silog_scale, berhu_threshold=self.berhu_threshold)
+        return {f"loss_{self.loss_name}": loss}
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> dict:
+        """``depth``: (B, H, W) metres at the input's resolution."""
+        return {"depth": self(batch["images"]).float()}
+
+    def evaluator(self) -> DepthEvaluator:
+        return DepthEvaluator(min_depth=self.min_depth, max_depth=self.max_depth, crop=self.eval_crop,
+                              median_scaling=self.median_scaling, average=self.average)
+
+    def describe(self, predictions: dict, i: int) -> str:
+        d = predictions["depth"][i]
+        return f"depth {float(d.min()):.2f}-{float(d.max()):.2f} m, median {float(d.median()):.2f} m"
+
+    def record(self, predictions: dict, i: int) -> dict:
+        d = predictions["depth"][i].float().cpu()
+        return {"height": d.shape[0], "width": d.shape[1], "min": float(d.min()), "max": float(d.max()),
+                "median": float(d.median()), "depth_scale": self.depth_scale}
+
+    def write_outputs(self, predictions: dict, i: int, out_dir, stem: str) -> list[str]:
+        """``<stem>_depth.png``: 16-bit PNG of metres x depth_scale (the training data's format);
+        ``<stem>_depth.npy``: float32 metres."""
+        d = predictions["depth"][i].float().cpu()
+        png, npy = f"{stem}_depth.png", f"{stem}_depth.npy"
+        write_depth_png(Path(out_dir) / png, d, self.depth_scale)
+        np.save(Path(out_dir) / npy, d.numpy().astype(np.float32))
+        return [png, npy]
+
+    def visualize(self, batch: dict, predictions: dict, max_images: int = 16) -> torch.Tensor:
+        """One row per image: input | predicted depth | ground truth | abs. relative error.
+
+        Depths share one colour scale per image (log, over prediction and valid ground truth; near
+        is dark). The error panel maps |d - d*| / d* from 0 to 0.5 (and above) on the same colours;
+        pixels without ground truth are grey. Without ground truth: input | prediction.
+        """
+        images = denormalize(batch["images"][:max_images], self.mean, self.std)
+        preds = predictions["depth"][:max_images].float().cpu()
+        targets = batch.get("depth")
+        tiles = []
+        for k, img in enumerate(images):
+            p = preds[k]
+            row = [img]
+            if targets is not None:
+                t = targets[k].float().cpu()
+                valid = self.valid(t)
+                ref = torch.cat([p.flatten(), t[valid]])
+                lo, hi = ref.log().min().item(), ref.log().max().item()
+                row.append(colorize(p.log(), lo, hi))
+                row.append(colorize(t.clamp_min(1e-6).log(), lo, hi, ~valid))
+                err = (p - t).abs() / t.clamp_min(1e-6)
+                row.append(colorize(err, 0.0, 0.5, ~valid))
+            else:
+                row.append(colorize(p.log(), p.log().min().item(), p.log().max().item()))
+            tiles.extend(row)
+        ncol = 4 if targets is not None else 2
+        grid = make_grid(tiles, nrow=ncol, padding=2)
+        factor = max(1, 128 // images.shape[-1])
+        if factor > 1:
+            grid = F.interpolate(grid[None].float(), scale_factor=factor, mode="nearest")[0].to(torch.uint8)
+        return grid[None]
+
+    def metadata(self) -> dict:
+        return {"classes": [], "min_depth": self.min_depth, "max_depth": self.max_depth,
+                "depth_scale": self.depth_scale}
