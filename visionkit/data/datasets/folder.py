@@ -208,6 +208,7 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         self.on_error = on_error
         self.bad_samples: list[str] = []
+        self.bad_reasons: dict[str, str] = {}
 
         on_disk = find_classes(self.root)
         if has_own_splits(self.root):
@@ -252,11 +253,17 @@ class ImageFolderDataset(Dataset):
                 raise
             if path not in self.bad_samples:
                 self.bad_samples.append(path)
+                self.bad_reasons[path] = str(error)
                 logger.warning("skipping %s", error)
             return None
         if self.transform is not None:
             image = self.transform(image)
         return {"image": image, "labels": torch.tensor(label), "path": path, "index": index}
+
+    def describe_bad(self, index: int) -> tuple[str, str]:
+        """(path, reason) of sample ``index`` after it failed to read (``on_error="skip"``)."""
+        path = self.samples[index][0]
+        return path, self.bad_reasons.get(path, f"cannot read image '{path}'")
 
     def __repr__(self) -> str:
         return (
