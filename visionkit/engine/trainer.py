@@ -334,22 +334,32 @@ class Trainer:
         self.log(f"watch it with: tensorboard --logdir {self.run_dir}")
         n = {k: len(v) for k, v in self.datasets.items()}
         self.log(f"device {self.device}; samples " + ", ".join(f"{k} {v}" for k, v in n.items()))
-        with self._stop_on_signals():
-            self.call("before_fit")
-            while self.epoch < t.epochs and not self.should_stop:
-                self.call("before_epoch")
-                self.train_one_epoch()
-                self.epoch += 1
-                self.step_in_epoch = 0
-                if self.has_val and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
-                    self.last_metrics = self.validate("val")
-                self.call("after_epoch")  # saves the epoch's checkpoint
-                if self.stop_signal is not None and self.epoch < t.epochs:
-                    self._interrupted()
-            if t.final_test and "test" in self.datasets:
-                self.final_test()
-            self.call("after_fit")
+        try:
+            with self._stop_on_signals():
+                self._fit_loop()
+        except RuntimeError as e:  # torch's loader: a worker died (e.g. killed for memory) or hung
+            if _LOADER_FAILURE.search(str(e)):
+                raise self._loader_failed(e) from e
+            raise
         return self.last_metrics
+
+    def _fit_loop(self) -> None:
+        """Epochs until ``train.epochs`` or a stop; then the final test."""
+        t = self.cfg.train
+        self.call("before_fit")
+        while self.epoch < t.epochs and not self.should_stop:
+            self.call("before_epoch")
+            self.train_one_epoch()
+            self.epoch += 1
+            self.step_in_epoch = 0
+            if self.has_val and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
+                self.last_metrics = self.validate("val")
+            self.call("after_epoch")  # saves the epoch's checkpoint
+            if self.stop_signal is not None and self.epoch < t.epochs:
+                self._interrupted()
+        if t.final_test and "test" in self.datasets:
+            self.final_test()
+        self.call("after_fit")
 
     @contextlib.contextmanager
     def _stop_on_signals(self):
@@ -412,18 +422,7 @@ class Trainer:
         end = time.perf_counter()
         accum = t.accumulate
         pending = False  # gradients accumulated since the last optimizer step
-        batches = iter(loader)
-        i = self.step_in_epoch - 1
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
-            except RuntimeError as e:
-                if _LOADER_FAILURE.search(str(e)):  # a worker died or hung
-                    raise self._loader_failed(e) from e
-                raise
-            i += 1
+        for i, batch in enumerate(loader, start=self.step_in_epoch):
             start = time.perf_counter()
             data_wait = start - end
             if isinstance(batch, dict) and "bad_samples" in batch:

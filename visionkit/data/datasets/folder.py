@@ -172,6 +172,10 @@ def read_image(path: str, channels: int = 3) -> tv_tensors.Image:
         ) from error
     if data.ndim == 4:
         data = data[0]
+    if data.dtype == torch.uint16:  # 16-bit PNGs decode as uint16; x // 257 maps 0..65535 to 0..255
+        data = (data.to(torch.int32) // 257).to(torch.uint8)
+    elif data.dtype != torch.uint8:
+        raise DataError(f"image '{path}' decodes to {data.dtype} pixels; save it as 8- or 16-bit")
     if channels == 1 and data.shape[0] != 1:
         data = F.rgb_to_grayscale(data[:3])
     elif channels == 3 and data.shape[0] == 1:
