@@ -185,8 +185,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
-    expected = _listed_checksum(path)
-    if expected is not None and sha256_file(path) != expected:
+    expected = _listed_checksums(path)
+    if expected is not None and sha256_file(path) not in expected:
         raise CheckpointError(
             f"checkpoint '{path}' is corrupt: its SHA-256 differs from the one recorded in "
             f"{path.parent / MANIFEST} when it was written; use an earlier checkpoint"
@@ -211,19 +211,31 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     return state
 
 
-def _listed_checksum(path: Path) -> str | None:
-    """The SHA-256 the manifest beside ``path`` recorded for it (last.pt/best.pt included)."""
+def _listed_checksums(path: Path) -> set[str] | None:
+    """The SHA-256 values the manifest beside ``path`` allows for it; None when it has no say.
+
+    ``last.pt`` and ``best.pt`` are hard links: they take the checksum of the listed checkpoint
+    that is the same file (same inode); ``best.pt`` may also be the recorded best checkpoint
+    after that one's own file was pruned.
+    """
     manifest = read_manifest(path.parent)
     if manifest is None:
         return None
     entries = list(manifest.get("checkpoints", []))
-    if path.name == "last.pt" and entries:
-        return entries[-1]["sha256"]
-    if path.name == "best.pt":
-        return (manifest.get("best") or {}).get("sha256")
-    for e in entries:
+    best = manifest.get("best")
+    for e in entries + ([best] if best else []):
         if e["file"] == path.name:
-            return e["sha256"]
+            return {e["sha256"]}
+    try:
+        inode = path.stat().st_ino
+        for e in entries + ([best] if best else []):
+            other = path.parent / e["file"]
+            if other.exists() and other.stat().st_ino == inode:
+                return {e["sha256"]}
+    except OSError:
+        return None
+    if path.name == "best.pt" and best:
+        return {best["sha256"]} | {e["sha256"] for e in entries}
     return None
 
 
