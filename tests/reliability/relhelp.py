@@ -71,3 +71,13 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), f"'{k}' differs"
 
 
+
+
+def tiny_config_dict(shapes_root: Path, **over) -> dict:
+    """tests/conftest.py's tiny config, for module-scoped fixtures (which cannot use make_config)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_visionkit_tests_conftest", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tiny_config_dict(shapes_root, **over)

@@ -5,9 +5,11 @@ missing checkpoint fails naming the path; a finished run does nothing and exits 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from relhelp import run_cli
+import yaml
+from relhelp import run_cli, tiny_config_dict
 
 from visionkit import Trainer, load_config
 from visionkit.engine.hooks import Hook
@@ -22,13 +24,22 @@ class StopAfter(Hook):
         trainer.should_stop = trainer.epoch >= self.n
 
 
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, shapes_root):
+    """A 3-epoch run stopped after epoch 2 (trained once for this file)."""
+    root = tmp_path_factory.mktemp("stopped")
+    path = root / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(shapes_root, **{"train.epochs": 3})))
+    Trainer(load_config(path), root / "run", hooks=[StopAfter(2)], log=lambda *a: None).fit()
+    return path, root / "run"
+
+
 @pytest.fixture
-def two_of_three(make_config, tmp_path):
-    """A 3-epoch run stopped after epoch 2: checkpoints epoch_0001.pt and epoch_0002.pt."""
-    path = make_config(**{"train.epochs": 3})
-    run = tmp_path / "run"
-    Trainer(load_config(path), run, hooks=[StopAfter(2)], log=lambda *a: None).fit()
-    return path, run
+def two_of_three(stopped_run, tmp_path):
+    """A fresh copy of the stopped run: checkpoints epoch_0001.pt and epoch_0002.pt."""
+    path, run = stopped_run
+    shutil.copytree(run, tmp_path / "run")
+    return path, tmp_path / "run"
 
 
 def flip_a_byte(path, offset_fraction=0.5):

@@ -337,11 +337,24 @@ class Trainer:
         try:
             with self._stop_on_signals():
                 self._fit_loop()
-        except RuntimeError as e:  # torch's loader: a worker died (e.g. killed for memory) or hung
-            if _LOADER_FAILURE.search(str(e)):
+        except (RuntimeError, ConnectionError, EOFError) as e:
+            # torch's loader: a worker died (killed for memory, a crash) or hung; a dead worker
+            # shows as its message, or as a broken pipe while its batch was being received
+            if isinstance(e, (ConnectionError, EOFError)) or _LOADER_FAILURE.search(str(e)):
+                self._shutdown_loaders()
                 raise self._loader_failed(e) from e
             raise
         return self.last_metrics
+
+    def _shutdown_loaders(self) -> None:
+        """Stop the surviving workers now, which also unregisters them from torch's SIGCHLD
+        handler (otherwise it raises again, as noise, while the process exits)."""
+        for loader in self._loaders.values():
+            iterator = getattr(loader, "_iterator", None)  # persistent workers' iterator
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                with contextlib.suppress(Exception):
+                    iterator._shutdown_workers()
+        self._loaders.clear()
 
     def _fit_loop(self) -> None:
         """Epochs until ``train.epochs`` or a stop; then the final test."""
@@ -389,10 +402,11 @@ class Trainer:
             f"stopped by {name} at epoch {self.epoch + 1} batch {self.step_in_epoch} (step {self.global_step}) "
             f"after saving a checkpoint; continue with: visionkit train CONFIG --run-dir {self.run_dir} --resume")
 
-    def _loader_failed(self, error: RuntimeError):
+    def _loader_failed(self, error: Exception) -> DataError:
         return DataError(
             f"data loading failed at epoch {self.epoch + 1} batch {self.step_in_epoch + 1}: "
-            f"{str(error).strip().splitlines()[0]}; the checkpoints are untouched, continue with --resume "
+            f"{type(error).__name__}: {str(error).strip().splitlines()[0]}; the checkpoints are untouched, "
+            "continue with --resume "
             "(a worker killed for memory: lower data.num_workers or data.batch_size)")
 
     def _on_nonfinite(self, losses: dict) -> None:
