@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--num-images", type=int, default=3000)
     synth.add_argument("--size", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
+    check = dsub.add_parser("check", help="decode every sample and validate its targets; exit 1 on problems")
+    _add_config(check)
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("benchmark", help="speed and memory figures side by side with baselines")
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute)")
@@ -168,6 +171,15 @@ def cmd_config(args) -> int:
 
 
 def cmd_data(args) -> int:
+    if args.data_command == "check":
+        from visionkit.config import load_config
+        from visionkit.data.check import check_data, format_report
+
+        # every sample is read with on_error=raise semantics: nothing is skipped silently
+        cfg = load_config(args.config, [*args.overrides, "data.on_error=raise"])
+        report = check_data(cfg)
+        print(json.dumps(report, indent=2) if args.json else format_report(report))
+        return 1 if report["errors"] else 0
     from visionkit.data.datasets.synthetic import generate_shapes
 
     out = generate_shapes(args.out, num_images=args.num_images, size=args.size, seed=args.seed, progress=True)

@@ -8,6 +8,7 @@ a label per sample; a pool is split once, stratified and seeded, and the split i
 from __future__ import annotations
 
 import hashlib
+import signal
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,40 +43,84 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def describe_bad(dataset: Dataset, index: int, error: Exception | None = None) -> tuple[str, str]:
+    """(path, reason) of an unreadable sample: asks the first dataset down the ``.base`` chain
+    that implements ``describe_bad(index)`` (ImageFolderDataset does)."""
+    ds = dataset
+    while ds is not None:
+        if hasattr(ds, "describe_bad"):
+            path, reason = ds.describe_bad(index)
+            return path, str(error) if error is not None else reason
+        ds = getattr(ds, "base", None)
+    return f"sample {index}", str(error) if error is not None else "unreadable"
+
+
+#: how many other samples a training item tries when its own is unreadable (data.on_error: skip)
+REPLACEMENT_TRIES = 8
+
+
 class SplitView(Dataset):
     """The samples ``indices`` of ``base`` with the task's transform.
 
     Training items arrive as ``(epoch, position)`` from :class:`EpochSampler`; the random
     augmentation of each is seeded from (seed, epoch, sample index) inside a forked RNG, so it is
     reproducible without touching the global RNG of the process.
+
+    With ``on_error="skip"`` an unreadable training sample is replaced by another one of the
+    split, chosen by a hash of (seed, epoch, index, try) -- so batches keep their size and two
+    runs stay equal, without drawing from any global RNG -- and each training item carries
+    ``bad_samples``: the ``(path, reason)`` pairs it met, which the trainer writes to
+    ``bad_samples.jsonl``. Evaluation items that cannot be read are dropped (``None``).
     """
 
-    def __init__(self, base: Dataset, indices: list[int] | None, transform: Callable, seed: int = 0):
+    def __init__(self, base: Dataset, indices: list[int] | None, transform: Callable, seed: int = 0,
+                 on_error: str = "raise"):
         self.base = base
         self.indices = list(range(len(base))) if indices is None else list(indices)
         self.transform = transform
         self.seed = seed
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _read(self, index: int):
+        """The base sample, or ``(None, (path, reason))`` when it is unreadable and skipped."""
+        try:
+            sample = self.base[index]
+        except DataError as e:
+            if self.on_error != "skip":
+                raise
+            return None, describe_bad(self.base, index, e)
+        return (sample, None) if sample is not None else (None, describe_bad(self.base, index))
+
     def __getitem__(self, item):
         epoch, pos = item if isinstance(item, tuple) else (None, item)
         index = self.indices[pos]
-        sample = self.base[index]
-        if sample is None:  # unreadable and data.on_error=skip
-            return None
+        sample, bad = self._read(index)
         if epoch is None:
-            return self.transform(sample)
+            return None if sample is None else self.transform(sample)
+        met = []
+        for attempt in range(1, REPLACEMENT_TRIES + 1):
+            if sample is not None:
+                break
+            met.append(bad)
+            index = self.indices[sample_seed(self.seed, epoch, index * REPLACEMENT_TRIES + attempt) % len(self)]
+            sample, bad = self._read(index)
+        if sample is None:
+            return None
         gen = torch.default_generator  # the CPU generator the v2 transforms draw from
         state = gen.get_state()
         try:
             # gen.manual_seed, not torch.manual_seed: the latter also reseeds every accelerator
             # and costs 100x more, per sample
             gen.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.transform(sample)
+            out = self.transform(sample)
         finally:
             gen.set_state(state)
+        if self.on_error == "skip" and isinstance(out, dict):
+            out["bad_samples"] = met
+        return out
 
 
 class DecodedCache(Dataset):
@@ -98,6 +143,9 @@ class DecodedCache(Dataset):
         item = self.items[i] if i in self.items else self.base[i]
         return None if item is None else {k: (v.clone() if isinstance(v, torch.Tensor) else v)
                                           for k, v in item.items()}
+
+    def describe_bad(self, index: int) -> tuple[str, str]:
+        return describe_bad(self.base, index)
 
 
 def maybe_cache(dataset: Dataset, mode, limit_bytes: float, indices=None) -> Dataset:
@@ -180,7 +228,8 @@ def build_datasets(cfg, task_cls, run_dir: Path | None = None, splits: tuple[str
         for name in splits:
             if name in source.splits:
                 data = maybe_cache(source.splits[name], mode, limit)
-                out[name] = SplitView(data, None, task_cls.sample_transform(cfg, name == "train"), seed)
+                out[name] = SplitView(data, None, task_cls.sample_transform(cfg, name == "train"), seed,
+                                      cfg.data.on_error)
     else:
         split = resolve_split(cfg, source, run_dir)
         # decode only the samples of the requested splits (eval of the test split: just those)
@@ -188,19 +237,32 @@ def build_datasets(cfg, task_cls, run_dir: Path | None = None, splits: tuple[str
         pool = maybe_cache(source.pool, mode, limit, wanted)
         for name in splits:
             if split.get(name):
-                out[name] = SplitView(pool, split[name], task_cls.sample_transform(cfg, name == "train"), seed)
+                out[name] = SplitView(pool, split[name], task_cls.sample_transform(cfg, name == "train"), seed,
+                                      cfg.data.on_error)
     if "train" in splits and "train" not in out:
         raise DataError(f"data set '{cfg.data.root}' has no training samples; check data.split.ratios")
     return out, source
 
 
+def _worker_init(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; workers leave it to the main process, which
+    saves a checkpoint before stopping them (a worker that died first would lose it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_loader(dataset: SplitView, cfg, train: bool, device: torch.device) -> DataLoader:
     d = cfg.data
     workers = d.num_workers
-    kwargs = dict(num_workers=workers, collate_fn=collate_samples,
+    # the loader's own generator: creating an iterator then draws its worker seed from it, not
+    # from the global RNG, whose stream a resumed run must continue exactly
+    kwargs = dict(num_workers=workers, collate_fn=collate_samples, generator=torch.Generator().manual_seed(0),
                   pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     if workers > 0:
         kwargs["prefetch_factor"] = 4
+        kwargs["worker_init_fn"] = _worker_init
+        # a hung worker fails the run after this long instead of stalling it forever (a killed
+        # one is noticed by the loader itself within seconds)
+        kwargs["timeout"] = d.worker_timeout
     if train:
         sampler = EpochSampler(len(dataset), seed=cfg.train.seed, shuffle=True)
         return DataLoader(dataset, batch_size=d.batch_size, sampler=sampler, drop_last=False, **kwargs)

@@ -26,11 +26,12 @@ class Hook:
 class MetricsWriter:
     """TensorBoard scalars and images plus the same scalars as JSON lines in ``metrics.jsonl``."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        self.tb = SummaryWriter(str(self.run_dir))
+        # purge_step: a resumed run hides the events the interrupted one wrote after its checkpoint
+        self.tb = SummaryWriter(str(self.run_dir), purge_step=purge_step)
         self.jsonl = open(self.run_dir / "metrics.jsonl", "a")
 
     def scalars(self, prefix: str, values: dict, step: int, epoch: int) -> None:
@@ -97,6 +98,7 @@ class LoggerHook(Hook):
         out["data_wait_s"] = sum(x["data_wait"] for x in w) / len(w)
         out["step_s"] = sum(x["time"] - x["data_wait"] for x in w) / len(w)
         out["data_share"] = sum(x["data_wait"] for x in w) / max(total_time, 1e-9)
+        out.update(getattr(trainer, "counters", {}))  # skipped batches, bad samples (cumulative)
         self.writer.scalars("train", out, trainer.global_step, trainer.epoch)
 
     def after_epoch(self, trainer) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import re
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,15 +20,27 @@ import numpy as np
 import torch
 
 from visionkit.data.build import SPLITS, build_datasets, build_loader, build_source
-from visionkit.engine.checkpoint import CheckpointManager, load_checkpoint
+from visionkit.engine import faults
+from visionkit.engine.checkpoint import CheckpointManager, find_resumable, load_checkpoint
 from visionkit.engine.hooks import CheckpointHook, Hook, LoggerHook, MetricsWriter
+from visionkit.engine.runlog import BadSampleLog, truncate_metrics
 from visionkit.engine.optim import build_optimizer, build_scheduler
-from visionkit.errors import CheckpointError, ConfigError, VisionKitError
+from visionkit.errors import CheckpointError, ConfigError, DataError, VisionKitError
 from visionkit.registry import TASKS
+
+
+# what torch's DataLoader raises when a worker dies (killed for memory, segfault) or hangs
+_LOADER_FAILURE = re.compile(r"DataLoader (worker \(pid|timed out)")
 
 
 class NonFiniteLossError(VisionKitError):
     """The loss became NaN or Inf; nothing holding it was saved."""
+
+
+class TrainingInterrupted(VisionKitError):
+    """SIGTERM or SIGINT stopped the run after a checkpoint was saved; ``--resume`` continues it."""
+
+    exit_code = 130
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,6 +110,7 @@ class Trainer:
         self.log = log
         self.device = resolve_device(cfg.train.device)
         self.task_cls = TASKS.get(cfg.task)
+        self._resume_state: dict | None = None
         self.resume_path, self.run_dir = self._locate(run_dir, resume, checkpoint)
         self.extra_hooks = list(hooks or [])
         seed_everything(cfg.train.seed)
@@ -131,6 +147,9 @@ class Trainer:
         self.stale = 0
         self.improved = False
         self.should_stop = False
+        self.stop_signal: int | None = None  # SIGTERM/SIGINT received; checkpoint and stop
+        self.nonfinite_streak = 0  # non-finite losses in a row (train.on_nonfinite: skip)
+        self.counters = {"skipped_steps": 0, "bad_samples": 0}  # logged with every train record
         self.last_metrics: dict = {}
         self._loaders: dict = {}
         amp = cfg.train.amp
@@ -147,14 +166,14 @@ class Trainer:
             if resume is True:
                 if run_dir is None:
                     raise ConfigError("--resume without a path needs --run-dir (the run to continue)")
-                path = Path(run_dir) / "checkpoints" / "last.pt"
-                if not path.exists():
-                    raise CheckpointError(f"no checkpoint to resume in '{run_dir}' (looked for {path}); "
+                if not (Path(run_dir) / "checkpoints").is_dir():
+                    raise CheckpointError(f"no checkpoint to resume in '{run_dir}' (it has no checkpoints/); "
                                           "check --run-dir, or drop --resume to start a new run")
+                # the newest checkpoint that verifies; corrupt newer ones are named and skipped
+                path, self._resume_state = find_resumable(Path(run_dir) / "checkpoints", self.log)
             else:
                 path = Path(resume)
-                if not path.is_file():
-                    raise CheckpointError(f"checkpoint '{path}' does not exist")
+                self._resume_state = load_checkpoint(path)  # fails here, naming the path
             return path, Path(run_dir) if run_dir else path.parent.parent
         if checkpoint is not None:  # evaluation: read the run's split.json, write nothing
             ckpt = Path(checkpoint)
@@ -215,19 +234,28 @@ class Trainer:
             "global_step": self.global_step,
             "best": dict(self.best),
             "stale": self.stale,
+            "step_in_epoch": self.step_in_epoch,  # batches of the current epoch already trained
+            "nonfinite_streak": self.nonfinite_streak,
+            "counters": dict(self.counters),
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
             "meta": {"task": self.cfg.task, "backbone": self.cfg.model.backbone.name,
                      **self.task.metadata()},
         }
 
-    def save_checkpoint(self, is_best: bool) -> Path:
-        path = self.ckpt.save(self.state_dict(), self.epoch, is_best)
-        return path
+    def save_checkpoint(self, is_best: bool, mid_epoch: bool = False) -> Path:
+        """Commit a checkpoint of the whole training state; mid-epoch ones also hold the
+        sampler position (``step_in_epoch``), so a resume continues with the next batch."""
+        for name, v in self.task.state_dict().items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise NonFiniteLossError(
+                    f"parameter '{name}' holds NaN or Inf at epoch {self.epoch + 1} step {self.global_step}; "
+                    "no checkpoint was written with it; lower train.optimizer.lr or set train.clip_grad_norm")
+        return self.ckpt.save(self.state_dict(), self.epoch, self.global_step, is_best, mid_epoch)
 
-    def load_weights(self, path: str | Path) -> dict:
+    def load_weights(self, path: str | Path, state: dict | None = None) -> dict:
         """Load a checkpoint's model weights, refusing one made for another model."""
-        state = load_checkpoint(path, map_location="cpu")
+        state = state if state is not None else load_checkpoint(path, map_location="cpu")
         meta = state.get("meta", {})
         want = {"task": self.cfg.task, "backbone": self.cfg.model.backbone.name}
         for key, value in want.items():
@@ -250,7 +278,8 @@ class Trainer:
         return state
 
     def _restore(self) -> None:
-        state = self.load_weights(self.resume_path)
+        state = self.load_weights(self.resume_path, self._resume_state)
+        self._resume_state = None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -258,8 +287,12 @@ class Trainer:
         self.global_step = state["global_step"]
         self.best = dict(state["best"])
         self.stale = state["stale"]
+        self.step_in_epoch = state.get("step_in_epoch", 0)
+        self.nonfinite_streak = state.get("nonfinite_streak", 0)
+        self.counters.update(state.get("counters", {}))
         set_rng_state(state["rng"])
-        self.log(f"resumed from {self.resume_path} at epoch {self.epoch} (step {self.global_step})")
+        where = f" batch {self.step_in_epoch}" if self.step_in_epoch else ""
+        self.log(f"resumed from {self.resume_path} at epoch {self.epoch}{where} (step {self.global_step})")
 
     # -- the loop ----------------------------------------------------------------------------------
     def call(self, event: str, *args) -> None:
@@ -291,20 +324,51 @@ class Trainer:
         """Train for ``train.epochs``; returns the last validation metrics."""
         if self.optimizer is None:
             self._build_optim()
-        if self.resume_path is not None:
-            self._restore()
         t = self.cfg.train
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=t.keep_checkpoints)
+        for stale in self.ckpt.remove_stale_temp_files():
+            self.log(f"removed '{stale}', left by a run killed while writing a checkpoint")
+        if self.resume_path is not None:
+            self._restore()
         if self.epoch >= t.epochs:
             self.log(f"run '{self.run_dir}' already finished {self.epoch}/{t.epochs} epochs; nothing to do")
             return {}
-        writer = MetricsWriter(self.run_dir)
+        resumed = self.resume_path is not None
+        if resumed:  # forget what the interrupted run logged after its checkpoint
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.global_step)
+        writer = MetricsWriter(self.run_dir, purge_step=self.global_step + 1 if resumed else None)
+        self.bad_log = BadSampleLog(self.run_dir / "bad_samples.jsonl")
         self.hooks = [LoggerHook(writer, t.log_every, t.progress and sys.stderr.isatty()),
                       CheckpointHook(t.early_stopping), *self.extra_hooks]
         self.log(f"run directory: {self.run_dir}")
         self.log(f"watch it with: tensorboard --logdir {self.run_dir}")
         n = {k: len(v) for k, v in self.datasets.items()}
         self.log(f"device {self.device}; samples " + ", ".join(f"{k} {v}" for k, v in n.items()))
+        try:
+            with self._stop_on_signals():
+                self._fit_loop()
+        except (RuntimeError, ConnectionError, EOFError) as e:
+            # torch's loader: a worker died (killed for memory, a crash) or hung; a dead worker
+            # shows as its message, or as a broken pipe while its batch was being received
+            if isinstance(e, (ConnectionError, EOFError)) or _LOADER_FAILURE.search(str(e)):
+                self._shutdown_loaders()
+                raise self._loader_failed(e) from e
+            raise
+        return self.last_metrics
+
+    def _shutdown_loaders(self) -> None:
+        """Stop the surviving workers now, which also unregisters them from torch's SIGCHLD
+        handler (otherwise it raises again, as noise, while the process exits)."""
+        for loader in self._loaders.values():
+            iterator = getattr(loader, "_iterator", None)  # persistent workers' iterator
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                with contextlib.suppress(Exception):
+                    iterator._shutdown_workers()
+        self._loaders.clear()
+
+    def _fit_loop(self) -> None:
+        """Epochs until ``train.epochs`` or a stop; then the final test."""
+        t = self.cfg.train
         self.call("before_fit")
         while self.epoch < t.epochs and not self.should_stop:
             self.call("before_epoch")
@@ -313,37 +377,95 @@ class Trainer:
             self.step_in_epoch = 0
             if self.has_val and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
                 self.last_metrics = self.validate("val")
-            self.call("after_epoch")
+            self.call("after_epoch")  # saves the epoch's checkpoint
+            if self.stop_signal is not None and self.epoch < t.epochs:
+                self._interrupted()
         if t.final_test and "test" in self.datasets:
             self.final_test()
         self.call("after_fit")
-        return self.last_metrics
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGTERM/SIGINT ask for a checkpoint at the next optimizer step, then a stop; a second
+        SIGINT stops at once. Handlers are installed only in the main thread, and restored after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            self.log(f"received {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _interrupted(self):
+        name = signal.Signals(self.stop_signal).name
+        self.call("after_fit")  # flushes and closes the logs
+        raise TrainingInterrupted(
+            f"stopped by {name} at epoch {self.epoch + 1} batch {self.step_in_epoch} (step {self.global_step}) "
+            f"after saving a checkpoint; continue with: visionkit train CONFIG --run-dir {self.run_dir} --resume")
+
+    def _loader_failed(self, error: Exception) -> DataError:
+        return DataError(
+            f"data loading failed at epoch {self.epoch + 1} batch {self.step_in_epoch + 1}: "
+            f"{type(error).__name__}: {str(error).strip().splitlines()[0]}; the checkpoints are untouched, "
+            "continue with --resume "
+            "(a worker killed for memory: lower data.num_workers or data.batch_size)")
+
+    def _on_nonfinite(self, losses: dict) -> None:
+        """Stop (default), or with ``train.on_nonfinite: skip`` drop the batch unless too many in a row."""
+        t = self.cfg.train
+        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        where = f"epoch {self.epoch + 1} step {self.global_step}"
+        self.nonfinite_streak += 1
+        if t.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"non-finite loss at {where} ({terms}); no checkpoint was written with it; lower "
+                "train.optimizer.lr or set train.clip_grad_norm (or train.on_nonfinite: skip)")
+        if self.nonfinite_streak >= t.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"non-finite loss at {where} ({terms}), {self.nonfinite_streak} batches in a row "
+                f"(train.max_nonfinite_steps is {t.max_nonfinite_steps}); no checkpoint was written with "
+                "it; lower train.optimizer.lr or set train.clip_grad_norm")
+        self.counters["skipped_steps"] += 1
+        self.log(f"warning: skipped a batch with a non-finite loss at {where} ({terms})")
 
     def train_one_epoch(self) -> None:
         t = self.cfg.train
         self.task.train()
         loader = self.loader("train")
-        loader.sampler.set_epoch(self.epoch)
+        # a resumed epoch starts at the first batch the interrupted run had not trained on
+        loader.sampler.set_epoch(self.epoch, self.step_in_epoch * loader.batch_size)
         end = time.perf_counter()
         accum = t.accumulate
-        for i, batch in enumerate(loader):
+        pending = False  # gradients accumulated since the last optimizer step
+        for i, batch in enumerate(loader, start=self.step_in_epoch):
             start = time.perf_counter()
             data_wait = start - end
-            if batch is None:  # every sample of the batch was unreadable (on_error: skip)
-                end = time.perf_counter()
-                continue
-            batch = self.to_device(batch)
-            with self.autocast():
-                losses = self.task.loss(batch)
-            total = sum(losses.values())
-            if not torch.isfinite(total):
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {self.epoch + 1} step {self.global_step} ({terms}); "
-                    "no checkpoint was written with it; lower train.optimizer.lr or set train.clip_grad_norm"
-                )
-            self.scaler.scale(total / accum).backward()
-            if (i + 1) % accum == 0 or i + 1 == self.steps_per_epoch:
+            if isinstance(batch, dict) and "bad_samples" in batch:
+                self.bad_log.add(batch.pop("bad_samples"), self.epoch)
+                self.counters["bad_samples"] = len(self.bad_log)
+            stepped = False
+            losses = None
+            if batch is not None:  # None: every sample of the batch was unreadable (on_error: skip)
+                batch = self.to_device(batch)
+                with self.autocast():
+                    losses = self.task.loss(batch)
+                total = sum(losses.values())
+                if torch.isfinite(total):
+                    self.nonfinite_streak = 0
+                    self.scaler.scale(total / accum).backward()
+                    pending = True
+                else:
+                    self._on_nonfinite(losses)
+            if ((i + 1) % accum == 0 or i + 1 == self.steps_per_epoch) and pending:
                 if t.clip_grad_norm is not None:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.task.parameters(), t.clip_grad_norm)
@@ -352,18 +474,35 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 self.global_step += 1
+                pending, stepped = False, True
             self.step_in_epoch = i + 1
-            # .item() waits for the step's device work, so the step time covers it on a GPU too
-            # (read after the clock, a GPU's compute would be booked as the next step's data wait)
-            values = {k: v.item() for k, v in losses.items()}
-            loss = total.item()
-            done = time.perf_counter()
-            self.call("after_step", {
-                "loss": loss, "losses": values,
-                "lr": self.optimizer.param_groups[0]["lr"], "batch_size": len(batch["images"]),
-                "time": done - start + data_wait, "data_wait": data_wait,
-            })
-            end = time.perf_counter()  # the hooks' own time (logging) is neither data nor step
+            if losses is not None and torch.isfinite(total):
+                # .item() waits for the step's device work, so the step time covers it on a GPU
+                # too (read after the clock, a GPU's compute would be booked as the next step's
+                # data wait)
+                values = {k: v.item() for k, v in losses.items()}
+                loss = total.item()
+                done = time.perf_counter()
+                self.call("after_step", {
+                    "loss": loss, "losses": values,
+                    "lr": self.optimizer.param_groups[0]["lr"], "batch_size": len(batch["images"]),
+                    "time": done - start + data_wait, "data_wait": data_wait,
+                })
+            if stepped:
+                self._maybe_checkpoint_mid_epoch()
+            end = time.perf_counter()  # the hooks' own time (logging, checkpoints) is neither
+
+    def _maybe_checkpoint_mid_epoch(self) -> None:
+        """After an optimizer step: a checkpoint every ``train.checkpoint_every_steps`` and on a
+        stop signal (the epoch's last batch is left to the epoch-end checkpoint)."""
+        faults.after_step(self.global_step, lambda: self.stop_signal is not None)
+        every = self.cfg.train.checkpoint_every_steps
+        if self.step_in_epoch >= self.steps_per_epoch:
+            return
+        if self.stop_signal is not None or (every and self.global_step % every == 0):
+            self.save_checkpoint(False, mid_epoch=True)
+        if self.stop_signal is not None:
+            self._interrupted()
 
     @torch.no_grad()
     def evaluate(self, split: str = "val", with_details: bool = False):

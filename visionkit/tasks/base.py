@@ -86,6 +86,13 @@ class Task(nn.Module):
         ``predict --out`` as ``out_dir/<stem>_*``; returns their names. Default: none."""
         return []
 
+    @classmethod
+    def check_sample(cls, sample: dict, data_info: dict) -> list[str]:
+        """Problems with one raw sample's targets, as sentences (``visionkit data check`` prints
+        them with the sample's path): labels out of range, boxes outside the image, negative
+        depth, ... The image itself is checked by the caller. Default: none."""
+        return []
+
     def metadata(self) -> dict:
         """What a checkpoint must remember to rebuild and use the model (class names, ...)."""
         return {}

@@ -91,6 +91,20 @@ class ClassificationTask(Task):
 
         return apply
 
+    @classmethod
+    def check_sample(cls, sample: dict, data_info: dict) -> list[str]:
+        """A class id in range, or a multi-hot vector with one 0/1 entry per class."""
+        n = len(data_info["classes"])
+        labels = sample.get("labels")
+        if not isinstance(labels, torch.Tensor):
+            return [f"no label tensor (got {type(labels).__name__})"]
+        if labels.ndim == 0:
+            value = int(labels)
+            return [] if 0 <= value < n else [f"label {value} is outside 0..{n - 1}"]
+        if labels.shape != (n,) or not ((labels == 0) | (labels == 1)).all():
+            return [f"multi-hot labels must be {n} values of 0 or 1, got shape {tuple(labels.shape)}"]
+        return []
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(images)
         return self.head(feats[next(reversed(feats))])

@@ -172,6 +172,10 @@ def read_image(path: str, channels: int = 3) -> tv_tensors.Image:
         ) from error
     if data.ndim == 4:
         data = data[0]
+    if data.dtype == torch.uint16:  # 16-bit PNGs decode as uint16; x // 257 maps 0..65535 to 0..255
+        data = (data.to(torch.int32) // 257).to(torch.uint8)
+    elif data.dtype != torch.uint8:
+        raise DataError(f"image '{path}' decodes to {data.dtype} pixels; save it as 8- or 16-bit")
     if channels == 1 and data.shape[0] != 1:
         data = F.rgb_to_grayscale(data[:3])
     elif channels == 3 and data.shape[0] == 1:
@@ -208,6 +212,7 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         self.on_error = on_error
         self.bad_samples: list[str] = []
+        self.bad_reasons: dict[str, str] = {}
 
         on_disk = find_classes(self.root)
         if has_own_splits(self.root):
@@ -252,11 +257,17 @@ class ImageFolderDataset(Dataset):
                 raise
             if path not in self.bad_samples:
                 self.bad_samples.append(path)
+                self.bad_reasons[path] = str(error)
                 logger.warning("skipping %s", error)
             return None
         if self.transform is not None:
             image = self.transform(image)
         return {"image": image, "labels": torch.tensor(label), "path": path, "index": index}
+
+    def describe_bad(self, index: int) -> tuple[str, str]:
+        """(path, reason) of sample ``index`` after it failed to read (``on_error="skip"``)."""
+        path = self.samples[index][0]
+        return path, self.bad_reasons.get(path, f"cannot read image '{path}'")
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,82 @@
+"""Guarantees 7 and 8: a config mistake fails before any data is read (exit 2), naming the key
+and a suggestion; only registered names build objects. A checkpoint whose pickle would run code
+is refused and the code never runs; weights for another architecture are refused with the keys
+that do not fit, unless the config names the ones to skip."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from visionkit import Trainer
+from visionkit.cli import main
+from visionkit.errors import CheckpointError
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("train:\n  optimizer:\n    lrr: 0.1\n", "unknown key 'train.optimizer.lrr'; did you mean 'lr'?"),
+    ("model:\n  head:\n    dropot: 0.5\n", "unknown key 'model.head.dropot'; did you mean 'dropout'?"),
+    ("train:\n  epochs: 2\n  epochs: 3\n", "duplicate key"),
+    ("train: !!python/object/apply:os.system ['touch PWNED']\n", "python"),
+    ("model:\n  backbone:\n    name: torchvision.models.resnet18\n", "not one of"),
+])
+def test_config_mistakes_fail_before_any_data_is_read(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"data:\n  dataset: image_folder\n  root: {tmp_path / 'no-data'}\n" + text)
+    code = main(["train", str(cfg), "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err, err
+    assert str(cfg) in err and "no-data" not in err  # about the config, not the data
+    assert not (tmp_path / "run").exists() and not (tmp_path / "PWNED").exists()
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tiny_cfg, make_config, tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "run" / "checkpoints" / "last.pt"
+    evil.parent.mkdir(parents=True)
+    torch.save({"format": "visionkit-checkpoint", "model": {}, "payload": RunsCode(marker)}, evil)
+    cfg = make_config(**{"train.epochs": 1})
+
+    assert main(["eval", str(cfg), "--checkpoint", str(evil)]) == 1
+    assert f"checkpoint '{evil}' was refused" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--run-dir", str(tmp_path / "run"), "--resume", str(evil)]) == 1
+    assert f"checkpoint '{evil}' was refused" in capsys.readouterr().err
+    assert main(["predict", str(cfg), str(cfg), "--checkpoint", str(evil)]) == 1
+    assert f"checkpoint '{evil}' was refused" in capsys.readouterr().err
+    assert not marker.exists()  # the code never ran
+    torch.load(evil, weights_only=False)  # the file really is malicious: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_weights_for_another_architecture_are_refused_listing_the_keys(tiny_cfg, tmp_path):
+    import torchvision
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["layer9.0.conv1.weight"] = torch.zeros(1)  # a key the model has no place for
+    del state["layer4.1.bn2.bias"]  # a key the file lacks
+    path = tmp_path / "other.pth"
+    torch.save(state, path)
+    cfg = tiny_cfg(**{"model.backbone.name": "resnet18", "model.backbone.weights": str(path)})
+    with pytest.raises(CheckpointError) as e:
+        Trainer(cfg, tmp_path / "r0", log=lambda *a: None)
+    msg = str(e.value)
+    assert "fc.weight: (1000, 512) -> (6, 512)" in msg and "layer9.0.conv1.weight" in msg, msg
+    assert "weights_skip" in msg and not (tmp_path / "r0").exists()
+
+    logs = []
+    cfg = tiny_cfg(**{"model.backbone.name": "resnet18", "model.backbone.weights": str(path),
+                      "model.backbone.weights_skip": ["fc", "layer9"]})
+    Trainer(cfg, tmp_path / "r1", log=logs.append)
+    assert any("backbone.layer4.1.bn2.bias" in m for m in logs), logs  # the missing key is named
