@@ -157,9 +157,8 @@ class SegmentationPairs(Dataset):
 
 
 def _images_below(folder: Path, suffix: str) -> list[Path]:
-    exts = tuple(suffix + e for e in IMAGE_EXTENSIONS)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(exts)
-                  and not p.name.startswith("."))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and p.stem.endswith(suffix) and not p.name.startswith("."))
 
 
 def _label_for(image: Path, image_dir: Path, label_dir: Path, s) -> Path:
