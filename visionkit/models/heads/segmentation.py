@@ -71,7 +71,9 @@ class SemanticFPNHead(nn.Module):
             layers: list[nn.Module] = []
             for k in range(max(int(steps), 1)):
                 layers += [nn.Conv2d(fpn_channels if k == 0 else channels, channels, 3, padding=1, bias=False),
-                           group_norm(channels), nn.ReLU(inplace=True)]
+                           # GN(32) as the paper at 128 channels; at least 4 channels a group when
+                           # narrower, so a 1x1 map (a small input's deepest level) still normalises
+                           group_norm(channels, max(1, min(32, channels // 4))), nn.ReLU(inplace=True)]
                 if steps > 0:
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.scale_heads[name] = nn.Sequential(*layers)
