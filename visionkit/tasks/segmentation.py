@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision import tv_tensors
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.segmentation import parse_palette, save_palette_png
@@ -112,8 +113,9 @@ class SegmentationTask(Task):
                                     scale=s.scale, base_size=s.base_size, hflip=d.augment.hflip)
 
         def apply(sample: dict) -> dict:
-            if "semantic" in sample:
-                sample["image"], sample["semantic"] = t(sample["image"], sample["semantic"])
+            if "semantic" in sample:  # Mask, so v2 resizes it with nearest and pads it with ignore
+                sample["image"], sample["semantic"] = t(tv_tensors.Image(sample["image"]),
+                                                        tv_tensors.Mask(sample["semantic"]))
             else:  # predict: an image alone
                 sample["image"] = t(sample["image"])
             return sample
