@@ -84,6 +84,22 @@ def test_ignored_pixels_do_not_count_and_class_weights_and_dice_change_the_loss(
     assert set(terms) == {"loss_ce", "loss_dice"} and 0 < terms["loss_dice"] <= 0.5
 
 
+def test_shuffle_upsampling_starts_as_the_bilinear_head_and_learns_sub_pixel_logits():
+    torch.manual_seed(0)
+    plain = make_task(head="semantic_fpn").eval()
+    shuffle = make_task(head="semantic_fpn", upsample="shuffle")
+    missing = shuffle.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["head.refine.0.weight", "head.refine.0.bias"]
+    x = batch()["images"]
+    assert torch.allclose(shuffle.eval()(x), plain(x), atol=1e-6)  # zero-initialised residual
+    shuffle.train()
+    opt = torch.optim.Adam(shuffle.parameters(), lr=1e-2)
+    sum(shuffle.loss(batch()).values()).backward()
+    opt.step()
+    assert shuffle.head.refine[0].weight.abs().sum() > 0
+    assert not torch.allclose(shuffle.eval()(x), plain(x), atol=1e-4)
+
+
 def test_slide_inference_covers_the_image_and_matches_whole_on_one_window():
     torch.manual_seed(0)
     whole = make_task(head="fcn").eval()

@@ -57,7 +57,7 @@ class SemanticFPNHead(nn.Module):
     """Panoptic FPN's semantic branch over any backbone's stages (see the module docstring)."""
 
     def __init__(self, feature_specs: dict[str, FeatureSpec], num_classes: int, fpn_channels: int = 256,
-                 channels: int = 128, owner: str = "backbone"):
+                 channels: int = 128, owner: str = "backbone", upsample: str = "bilinear"):
         super().__init__()
         self.fpn = FPN(feature_specs, fpn_channels, owner=owner)
         strides = [s.stride for s in feature_specs.values()]
@@ -78,6 +78,17 @@ class SemanticFPNHead(nn.Module):
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.scale_heads[name] = nn.Sequential(*layers)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        # "shuffle": besides the coarse logits (upsampled bilinearly by the task), predict a
+        # residual for each of the stride x stride pixels of a cell and place them with a pixel
+        # shuffle (sub-pixel convolution, Shi et al. 2016): the features know where inside a
+        # cell an edge runs, which bilinear interpolation of coarse logits cannot express
+        # (sharp corners get rounded). Output at the input resolution; costs one 1x1 conv.
+        self.refine = None
+        if upsample == "shuffle" and self.stride > 1:
+            self.refine = nn.Sequential(nn.Conv2d(channels, num_classes * self.stride**2, 1),
+                                        nn.PixelShuffle(self.stride))
+            nn.init.zeros_(self.refine[0].weight)  # start as the plain head
+            nn.init.zeros_(self.refine[0].bias)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         pyramid = self.fpn(features)
@@ -87,17 +98,22 @@ class SemanticFPNHead(nn.Module):
             if out is not None and x.shape[-2:] != out.shape[-2:]:  # odd input sizes round down
                 x = F.interpolate(x, size=out.shape[-2:], mode="bilinear", align_corners=False)
             out = x if out is None else out + x
-        return self.classifier(out)
+        logits = self.classifier(out)
+        if self.refine is None:
+            return logits
+        fine = self.refine(out)
+        return fine + F.interpolate(logits, size=fine.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def build_segmentation_head(name: str, feature_specs: dict[str, FeatureSpec], num_classes: int, *,
                             channels: int = 256, fpn_channels: int = 256,
-                            atrous_rates: Sequence[int] = (12, 24, 36), owner: str = "backbone") -> nn.Module:
+                            atrous_rates: Sequence[int] = (12, 24, 36), owner: str = "backbone",
+                            upsample: str = "bilinear") -> nn.Module:
     """The head ``name`` (one of :data:`HEADS`) for a backbone declaring ``feature_specs``."""
     if name not in HEADS:
         raise BackboneBuildError(f"unknown segmentation head '{name}'; choose one of {', '.join(HEADS)}")
     if name == "semantic_fpn":
-        return SemanticFPNHead(feature_specs, num_classes, fpn_channels, channels, owner)
+        return SemanticFPNHead(feature_specs, num_classes, fpn_channels, channels, owner, upsample)
     stage = list(feature_specs)[-1]
     spec = feature_specs[stage]
     if name == "fcn":
