@@ -157,6 +157,20 @@ def base_schema() -> dict:
                 "hflip": Field(float, 0.5, min=0, max=1),
                 "resize_ratio": Field(float, 1.0, min=1.0),
             },
+            "segmentation": {  # label maps of task 'segmentation' (README, "Semantic segmentation")
+                "classes": Field([str], None, nullable=True, help="class names in id order; null: the data set's"),
+                "palette": Field([str], None, nullable=True, help="'#rrggbb' per class; null: VOC colour map"),
+                "images": Field(str, "images", help="image folder below data.root"),
+                "labels": Field(str, "labels", help="label-map folder below data.root"),
+                "image_suffix": Field(str, "", help="end of image names before the extension"),
+                "label_suffix": Field(str, "", help="end of label-map names before .png"),
+                "split_lists": Field(str, None, nullable=True, help="folder of train/val/test.txt stems (VOC)"),
+                "id_map": Field(dict, None, nullable=True, help="label id -> class id (Cityscapes)"),
+                "scale": Field([float], [0.5, 2.0], length=2, min=0.01, help="random scale range (train)"),
+                "base_size": Field([int], None, nullable=True, length=2, min=1,
+                                   help="[H, W] the scale applies to; null: the image's own size"),
+                "ignore_boundaries": Field(bool, False, help="shapes: ignore anti-aliased object rims"),
+            },
             "synth": {
                 "num_images": Field(int, 3000, min=10),
                 "size": Field(int, 64, min=16),
@@ -216,6 +230,7 @@ def register_builtins() -> None:
     import visionkit.models.backbones  # noqa: F401
     import visionkit.tasks.classification  # noqa: F401
     import visionkit.tasks.depth  # noqa: F401
+    import visionkit.tasks.segmentation  # noqa: F401
 
 
 def validate(raw: dict, origins: dict, default_file: str) -> dict:

@@ -1,0 +1,286 @@
+"""Semantic segmentation: every pixel gets a class.
+
+Backbone -> head (``fcn``, ``deeplabv3`` or ``semantic_fpn``, see ``models/heads/segmentation.py``)
+-> logits upsampled bilinearly to the input size (Long et al. 2015, sec. 3.3). The loss is
+per-pixel cross-entropy that skips ``ignore_index`` pixels, with optional class weights, an
+optional soft Dice term (Milletari et al. 2016, eq. 1, averaged over classes) and an optional
+auxiliary FCN head on a shallower stage (Zhao et al. 2017, sec. 3.3). Predictions are scored
+by a confusion matrix (``evaluation/miou.py``).
+
+Batch: ``images`` (B, 3, H, W) -- a list when evaluation images differ in size -- and
+``semantic`` (B, H, W) class ids with ``ignore_index`` where unlabelled.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision import tv_tensors
+from torchvision.utils import make_grid
+
+from visionkit.data.datasets.segmentation import parse_palette, save_palette_png
+from visionkit.data.segmentation_transforms import segmentation_transforms
+from visionkit.errors import ConfigError
+from visionkit.evaluation.miou import MIoUEvaluator
+from visionkit.models.backbones.base import BackboneBuildError
+from visionkit.models.build import build_backbone
+from visionkit.models.heads.segmentation import HEADS, build_aux_head, build_segmentation_head
+from visionkit.registry import TASKS
+from visionkit.schema import Field
+from visionkit.tasks.base import Task
+from visionkit.visualize import denormalize
+
+
+@TASKS.register("segmentation")
+class SegmentationTask(Task):
+    monitor = ("mIoU", "max")
+
+    @classmethod
+    def head_schema(cls) -> dict:
+        return {
+            "name": Field(str, "semantic_fpn", choices=HEADS),
+            "num_classes": Field(int, None, nullable=True, min=1, help="null: from the data set"),
+            "channels": Field(int, None, nullable=True, min=1,
+                              help="head width; null: deeplabv3 256 (ASPP), semantic_fpn 128"),
+            "fpn_channels": Field(int, 256, min=1, help="semantic_fpn: FPN width"),
+            "atrous_rates": Field([int], [12, 24, 36], min=1, help="deeplabv3: ASPP dilation rates"),
+            "upsample": Field(str, "bilinear", choices=("bilinear", "shuffle"),
+                              help="semantic_fpn: shuffle adds sub-pixel logits (sharper edges)"),
+            "aux": Field(bool, False, help="auxiliary FCN head on a shallower stage (training only)"),
+            "aux_stage": Field(str, None, nullable=True, help="null: the stage before the deepest"),
+            "aux_weight": Field(float, 0.4, min=0),
+            "ignore_index": Field(int, 255, min=0, max=255, help="label value left out of loss and scores"),
+            "class_weights": Field([float], None, nullable=True, min=0, help="cross-entropy weight per class"),
+            "dice_weight": Field(float, 0.0, min=0, help="weight of the soft Dice loss term"),
+            "inference": Field(str, "whole", choices=("whole", "slide")),
+            "window": Field(int, None, nullable=True, min=8, help="slide: window side; null: data.image_size"),
+            "stride": Field(int, None, nullable=True, min=1, help="slide: step; null: 2/3 of the window"),
+        }
+
+    def __init__(self, backbone, classes: list[str], *, head: str = "semantic_fpn", channels: int | None = None,
+                 fpn_channels: int = 256, atrous_rates=(12, 24, 36), upsample: str = "bilinear", aux: bool = False,
+                 aux_stage: str | None = None, aux_weight: float = 0.4, ignore_index: int = 255,
+                 class_weights=None, dice_weight: float = 0.0, inference: str = "whole",
+                 window: int = 512, stride: int | None = None, palette=None, mean=(0.0,), std=(1.0,)):
+        super().__init__()
+        self.backbone = backbone
+        self.classes = list(classes)
+        n = len(self.classes)
+        owner = type(backbone).__name__
+        width = channels or (256 if head == "deeplabv3" else 128)
+        self.head = build_segmentation_head(head, backbone.feature_specs, n, channels=width,
+                                            fpn_channels=fpn_channels, atrous_rates=atrous_rates, owner=owner,
+                                            upsample=upsample)
+        self.aux_head = build_aux_head(backbone.feature_specs, n, aux_stage, owner) if aux else None
+        self.aux_weight = aux_weight
+        self.ignore_index = ignore_index
+        self.dice_weight = dice_weight
+        self.register_buffer("class_weights", None if class_weights is None
+                             else torch.tensor(class_weights, dtype=torch.float32), False)
+        self.inference, self.window = inference, window
+        self.stride = stride or max(1, window * 2 // 3)
+        self.palette = [tuple(c) for c in (palette or parse_palette(None, n))]
+        self.mean, self.std = list(mean), list(std)
+        self.set_normalization(self.mean, self.std)
+
+    @classmethod
+    def from_config(cls, cfg, data_info: dict) -> "SegmentationTask":
+        h = cfg.model.head
+        classes = list(data_info["classes"])
+        n = len(classes)
+        where = cfg.source
+        if h.num_classes is not None and h.num_classes != n:
+            raise ConfigError(f"{where}: 'model.head.num_classes' is {h.num_classes} but the data set has "
+                              f"{n} classes ({', '.join(classes[:10])}); set it to null")
+        if h.ignore_index < n:
+            raise ConfigError(f"{where}: 'model.head.ignore_index' {h.ignore_index} is a class id (0..{n - 1}); "
+                              "use a value above them, e.g. 255")
+        if h.class_weights is not None and len(h.class_weights) != n:
+            raise ConfigError(f"{where}: 'model.head.class_weights' has {len(h.class_weights)} values for "
+                              f"{n} classes; give one per class")
+        backbone = build_backbone(cfg)
+        try:
+            return cls(backbone, classes, head=h.name, channels=h.channels, fpn_channels=h.fpn_channels,
+                       atrous_rates=h.atrous_rates, upsample=h.upsample, aux=h.aux, aux_stage=h.aux_stage, aux_weight=h.aux_weight,
+                       ignore_index=h.ignore_index, class_weights=h.class_weights, dice_weight=h.dice_weight,
+                       inference=h.inference, window=h.window or cfg.data.image_size, stride=h.stride,
+                       palette=parse_palette(cfg.data.segmentation.palette, n),
+                       mean=cfg.data.mean, std=cfg.data.std)
+        except BackboneBuildError as e:
+            raise ConfigError(f"{where}: head '{h.name}' on backbone '{cfg.model.backbone.name}': {e}") from None
+
+    @classmethod
+    def sample_transform(cls, cfg, train: bool):
+        d, s = cfg.data, cfg.data.segmentation
+        t = segmentation_transforms(train, crop_size=d.image_size, ignore_index=cfg.model.head.ignore_index,
+                                    scale=s.scale, base_size=s.base_size, hflip=d.augment.hflip)
+
+        def apply(sample: dict) -> dict:
+            if "semantic" in sample:  # Mask, so v2 resizes it with nearest and pads it with ignore
+                sample["image"], sample["semantic"] = t(tv_tensors.Image(sample["image"]),
+                                                        tv_tensors.Mask(sample["semantic"]))
+            else:  # predict: an image alone
+                sample["image"] = t(sample["image"])
+            return sample
+
+        return apply
+
+    # -- model -------------------------------------------------------------------------------------
+    def preprocess(self, batch: dict) -> dict:
+        """Normalise images (a list too, for evaluation images of different sizes); labels to int64."""
+        images = batch["images"]
+        if isinstance(images, list):
+            batch["images"] = [super(SegmentationTask, self).preprocess({"images": x[None]})["images"][0]
+                               for x in images]
+        else:
+            batch = super().preprocess(batch)
+        sem = batch.get("semantic")
+        if sem is not None:
+            batch["semantic"] = [x.long() for x in sem] if isinstance(sem, list) else sem.long()
+        return batch
+
+    def _logits(self, images: torch.Tensor, with_aux: bool = False):
+        feats = self.backbone(images)
+        size = images.shape[-2:]
+        logits = F.interpolate(self.head(feats), size=size, mode="bilinear", align_corners=False)
+        if not with_aux:
+            return logits
+        aux = F.interpolate(self.aux_head(feats), size=size, mode="bilinear", align_corners=False)
+        return logits, aux
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, C, H, W)`` at the input size."""
+        return self._logits(images)
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        images, target = batch["images"], batch["semantic"]
+        if isinstance(images, list):
+            raise ValueError("training batches must have one image size; check data.image_size (the crop)")
+        with_aux = self.aux_head is not None
+        out = self._logits(images, with_aux)
+        logits, aux = out if with_aux else (out, None)
+        losses = {"loss_ce": self._ce(logits, target)}
+        if self.dice_weight > 0:
+            losses["loss_dice"] = self.dice_weight * self._dice(logits, target)
+        if aux is not None:
+            losses["loss_aux"] = self.aux_weight * self._ce(aux, target)
+        return losses
+
+    def _ce(self, logits, target):
+        w = self.class_weights
+        return F.cross_entropy(logits.float(), target, weight=None if w is None else w.to(logits.device),
+                               ignore_index=self.ignore_index)
+
+    def _dice(self, logits, target):
+        """1 - mean over classes of the soft Dice coefficient, ignore pixels left out."""
+        n = logits.shape[1]
+        valid = (target != self.ignore_index).unsqueeze(1).float()
+        probs = logits.float().softmax(1) * valid
+        onehot = F.one_hot(target.clamp(max=n - 1) * (target != self.ignore_index), n).permute(0, 3, 1, 2)
+        onehot = onehot.float() * valid
+        inter = (probs * onehot).sum((0, 2, 3))
+        total = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+        return 1 - ((2 * inter + 1) / (total + 1)).mean()
+
+    @torch.no_grad()
+    def _infer(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits of one batch ``(B, 3, H, W)``, whole or by sliding window."""
+        if self.inference == "whole":
+            return self._logits(image).float()
+        return self._slide(image)
+
+    def _slide(self, image: torch.Tensor) -> torch.Tensor:
+        """Average the logits of ``window``-square crops taken every ``stride`` pixels; an image
+        smaller than the window is padded (and the padding cropped off again)."""
+        b, _, h, w = image.shape
+        win, step = self.window, self.stride
+        ph, pw = max(h, win), max(w, win)
+        if (ph, pw) != (h, w):
+            image = F.pad(image, (0, pw - w, 0, ph - h))
+        n = len(self.classes)
+        total = image.new_zeros(b, n, ph, pw, dtype=torch.float32)
+        count = image.new_zeros(1, 1, ph, pw, dtype=torch.float32)
+        ys = list(range(0, ph - win + 1, step))
+        xs = list(range(0, pw - win + 1, step))
+        ys += [ph - win] if ys[-1] != ph - win else []
+        xs += [pw - win] if xs[-1] != pw - win else []
+        for y in ys:
+            for x in xs:
+                total[..., y:y + win, x:x + win] += self._logits(image[..., y:y + win, x:x + win]).float()
+                count[..., y:y + win, x:x + win] += 1
+        return (total / count)[..., :h, :w]
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> dict:
+        """``labels``: per-pixel class ids ``(B, H, W)`` at the input size (a list of ``(H, W)``
+        when the batch's images are a list); ``confidence``: the winning class's probability."""
+        images = batch["images"]
+        if isinstance(images, list):
+            outs = [self._infer(x[None]) for x in images]
+            probs = [o.softmax(1)[0] for o in outs]
+            best = [p.max(0) for p in probs]
+            return {"labels": [b.indices for b in best], "confidence": [b.values for b in best]}
+        best = self._infer(images).softmax(1).max(1)
+        return {"labels": best.indices, "confidence": best.values}
+
+    def evaluator(self):
+        return MIoUEvaluator(self.classes, self.ignore_index)
+
+    # -- output ------------------------------------------------------------------------------------
+    def _shares(self, predictions: dict, i: int) -> dict[str, float]:
+        labels = predictions["labels"][i].reshape(-1).cpu()
+        counts = torch.bincount(labels, minlength=len(self.classes)).double()
+        shares = counts / counts.sum()
+        order = shares.argsort(descending=True).tolist()
+        return {self.classes[c]: float(shares[c]) for c in order if counts[c] > 0}
+
+    def describe(self, predictions: dict, i: int) -> str:
+        """The classes found and their share of the pixels: ``background 71.2%, star 24.0%``."""
+        return ", ".join(f"{c} {100 * s:.1f}%" for c, s in self._shares(predictions, i).items())
+
+    def record(self, predictions: dict, i: int) -> dict:
+        labels = predictions["labels"][i]
+        return {"size": list(labels.shape[-2:]), "pixel_share": self._shares(predictions, i),
+                "mean_confidence": float(predictions["confidence"][i].float().mean())}
+
+    def write_outputs(self, predictions: dict, i: int, out_dir, stem: str) -> list[str]:
+        """``<stem>_mask.png``: the class map as a palette PNG (values are class ids, VOC style)."""
+        name = f"{stem}_mask.png"
+        save_palette_png(predictions["labels"][i], self.palette, f"{out_dir}/{name}")
+        return [name]
+
+    def overlay(self, image: torch.Tensor, labels: torch.Tensor, alpha: float = 0.55) -> torch.Tensor:
+        """uint8 image blended with the palette colour of each pixel's class; ignore pixels
+        (and any value outside the classes) keep the image."""
+        pal = torch.tensor(self.palette, dtype=torch.float32)
+        labels = labels.cpu().long()
+        valid = (labels >= 0) & (labels < len(pal))
+        colours = pal[labels.clamp(0, len(pal) - 1)].permute(2, 0, 1)
+        a = alpha * valid.float()
+        return (image.float() * (1 - a) + colours * a).round().to(torch.uint8)
+
+    def visualize(self, batch: dict, predictions: dict, max_images: int = 16) -> torch.Tensor:
+        """Rows of (image, ground truth overlay, prediction overlay); without ground truth,
+        (image, prediction overlay). Small images are enlarged to 128 px to be legible."""
+        images = batch["images"]
+        images = list(images[:max_images]) if isinstance(images, list) else list(images[:max_images])
+        truth = batch.get("semantic")
+        panels = []
+        for i, img in enumerate(images):
+            img = denormalize(img[None], self.mean, self.std)[0]
+            row = [img]
+            if truth is not None:
+                row.append(self.overlay(img, truth[i]))
+            row.append(self.overlay(img, predictions["labels"][i]))
+            panels += row
+        per_row = len(panels) // max(len(images), 1)
+        side = max(max(p.shape[-2:]) for p in panels)
+        zoom = max(1, 128 // side)
+        grown = [F.interpolate(p[None].float(), scale_factor=zoom, mode="nearest")[0] for p in panels]
+        h = max(p.shape[-2] for p in grown)
+        w = max(p.shape[-1] for p in grown)
+        padded = [F.pad(p, (0, w - p.shape[-1], 0, h - p.shape[-2])) for p in grown]
+        return make_grid(torch.stack(padded), nrow=per_row, padding=2).to(torch.uint8)[None]
+
+    def metadata(self) -> dict:
+        return {"classes": self.classes, "palette": [list(c) for c in self.palette]}
