@@ -36,6 +36,24 @@ class SegmentationTask(Task):
     monitor = ("mIoU", "max")
 
     @classmethod
+    def data_schema(cls) -> dict:
+        """``data.segmentation``: where label maps live, their classes, palette and id table."""
+        return {"segmentation": {  # label maps (README, "Semantic segmentation")
+            "classes": Field([str], None, nullable=True, help="class names in id order; null: the data set's"),
+            "palette": Field([str], None, nullable=True, help="'#rrggbb' per class; null: VOC colour map"),
+            "images": Field(str, "images", help="image folder below data.root"),
+            "labels": Field(str, "labels", help="label-map folder below data.root"),
+            "image_suffix": Field(str, "", help="end of image names before the extension"),
+            "label_suffix": Field(str, "", help="end of label-map names before .png"),
+            "split_lists": Field(str, None, nullable=True, help="folder of train/val/test.txt stems (VOC)"),
+            "id_map": Field(dict, None, nullable=True, help="label id -> class id (Cityscapes)"),
+            "scale": Field([float], [0.5, 2.0], length=2, min=0.01, help="random scale range (train)"),
+            "base_size": Field([int], None, nullable=True, length=2, min=1,
+                               help="[H, W] the scale applies to; null: the image's own size"),
+            "ignore_boundaries": Field(bool, False, help="shapes: ignore anti-aliased object rims"),
+        }}
+
+    @classmethod
     def head_schema(cls) -> dict:
         return {
             "name": Field(str, "semantic_fpn", choices=HEADS),
