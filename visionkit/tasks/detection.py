@@ -80,8 +80,11 @@ class DetectionTask(Task):
         super().__init__()
         self.classes = list(classes)
         self.category_ids = list(category_ids or range(1, len(self.classes) + 1))
-        self.backbone = backbone  # also inside self.model; here so backbone weights load by name
-        self.model = RCNN(backbone, len(self.classes), variant, settings or RCNNSettings(), mean, std)
+        # the backbone is registered here only (the model holds a plain reference), so its weights
+        # are named backbone.* as in every task and backbone weight files load by name
+        self.backbone = backbone
+        self.model = RCNN(backbone, len(self.classes), variant, settings or RCNNSettings(), mean, std,
+                          register_backbone=False)
         self.variant = variant
         self.mask_threshold, self.vis_score = mask_threshold, vis_score
         self.monitor = ("segm_AP", "max") if self.model.has_masks else ("bbox_AP", "max")

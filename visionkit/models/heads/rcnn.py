@@ -79,11 +79,19 @@ class RCNNSettings:
 
 class BackboneFPN(nn.Module):
     """Backbone + FPN as the ``backbone`` GeneralizedRCNN expects: ``out_channels`` and an
-    ordered dict of pyramid levels."""
+    ordered dict of pyramid levels.
 
-    def __init__(self, backbone: nn.Module, channels: int, extra_pool: bool):
+    ``register_body=False`` keeps the backbone out of this module's parameters and state dict, for
+    an owner that registers it itself (the detection task keeps it as ``task.backbone``, so its
+    weights have one name, the one backbone checkpoints and ``model.backbone.weights`` use).
+    """
+
+    def __init__(self, backbone: nn.Module, channels: int, extra_pool: bool, register_body: bool = True):
         super().__init__()
-        self.body = backbone
+        if register_body:
+            self.body = backbone
+        else:
+            object.__setattr__(self, "body", backbone)  # a plain reference, not a submodule
         self.fpn = FPN(backbone.feature_specs, channels, extra_pool=extra_pool, owner=type(backbone).__name__)
         self.out_channels = channels
         self.feature_specs: dict[str, FeatureSpec] = self.fpn.feature_specs
@@ -106,11 +114,11 @@ class RCNN(GeneralizedRCNN):
     the input size) with the parts built from ``feature_specs`` and :class:`RCNNSettings`."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, variant: str, settings: RCNNSettings,
-                 mean, std):
+                 mean, std, register_backbone: bool = True):
         if variant not in VARIANTS:
             raise BackboneBuildError(f"unknown detector '{variant}'; choose one of {', '.join(VARIANTS)}")
         s = settings
-        body = BackboneFPN(backbone, s.fpn_channels, s.extra_pool)
+        body = BackboneFPN(backbone, s.fpn_channels, s.extra_pool, register_backbone)
         specs = body.feature_specs
         roi_levels = [n for n in specs if n != "pool"]  # the pooled level only feeds the RPN (FPN sec. 4.2)
         anchors = AnchorGenerator(anchor_sizes(specs, s.anchor_scales),
