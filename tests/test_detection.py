@@ -85,7 +85,8 @@ def test_crop_that_removes_an_instance_drops_its_label_and_mask():
     masks[1, 8:12, 8:12] = 1
     sample = {"image": image, "labels": torch.tensor([3, 4]), "masks": tv_tensors.Mask(masks),
               "iscrowd": torch.tensor([False, False]), "area": torch.tensor([4.0, 16.0]),
-              "boxes": tv_tensors.BoundingBoxes([[0, 0, 2, 2], [8, 8, 12, 12]], format="XYXY", canvas_size=(20, 20))}
+              "boxes": tv_tensors.BoundingBoxes([[0, 0, 2, 2], [8, 8, 12, 12]], format="XYXY",
+                                                canvas_size=(20, 20))}
     dropped = 0
     for seed in range(20):
         torch.manual_seed(seed)
@@ -99,7 +100,8 @@ def test_crowd_regions_are_left_out_of_training():
     image = tv_tensors.Image(torch.zeros(3, 20, 20, dtype=torch.uint8))
     sample = {"image": image, "labels": torch.tensor([1, 2]), "iscrowd": torch.tensor([True, False]),
               "masks": tv_tensors.Mask(torch.ones(2, 20, 20, dtype=torch.uint8)), "area": torch.ones(2),
-              "boxes": tv_tensors.BoundingBoxes([[0, 0, 9, 9], [3, 3, 9, 9]], format="XYXY", canvas_size=(20, 20))}
+              "boxes": tv_tensors.BoundingBoxes([[0, 0, 9, 9], [3, 3, 9, 9]], format="XYXY",
+                                                canvas_size=(20, 20))}
     out = detection_transforms(True, hflip=0.0)(sample)
     assert out["labels"].tolist() == [2] and "iscrowd" not in out
 
@@ -162,7 +164,7 @@ def test_images_of_different_sizes_batch_as_a_list(tmp_path, shapes_root):
 
 
 def test_head_config_is_checked(tmp_path, shapes_root):
-    with pytest.raises(ConfigError, match="model.head.box_batchsize.*did you mean 'box_batch_size_per_image'"):
+    with pytest.raises(ConfigError, match="head.box_batchsize.*did you mean 'box_batch_size_per_image'"):
         det_config(tmp_path, shapes_root, box_batchsize=3)
     with pytest.raises(ConfigError, match="max_size"):
         build(det_config(tmp_path, shapes_root, min_size=64, max_size=32))

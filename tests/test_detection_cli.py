@@ -46,7 +46,8 @@ def test_train_eval_predict_end_to_end(tmp_path, shapes_root):
     assert isinstance(val, list)  # COCO results list (maybe empty after one tiny epoch)
 
     out = tmp_path / "eval.json"
-    r = run("eval", cfg, "--checkpoint", run_dir / "checkpoints" / "best.pt", "--split", "test", "--output", out)
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    r = run("eval", cfg, "--checkpoint", ckpt, "--split", "test", "--output", out)
     assert r.returncode == 0, r.stderr
     record = json.loads(out.read_text())
     assert record["samples"] == 8 and 0 <= record["metrics"]["bbox_AP"] <= 1

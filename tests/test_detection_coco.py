@@ -28,7 +28,8 @@ def _write(tmp_path, annotations, images=None, categories=None, files=True):
     (tmp_path / "img").mkdir(exist_ok=True)
     if files:
         for im in images:
-            Image.fromarray(np.zeros((im["height"], im["width"], 3), np.uint8)).save(tmp_path / "img" / im["file_name"])
+            pixels = np.zeros((im["height"], im["width"], 3), np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "img" / im["file_name"])
     path = tmp_path / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path

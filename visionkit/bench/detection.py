@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from visionkit.registry import BENCHMARKS
 
@@ -115,8 +114,10 @@ def detection(quick: bool) -> list[dict]:
             "image_size": 64, "batch": batch_size, "threads": torch.get_num_threads(), "device": "cpu",
             "repeats": repeats, "baseline_head": TORCHVISION_HEAD}
     return [
-        _row("detection training images/s: our Mask R-CNN head defaults vs torchvision's (same backbone, images)",
+        _row("detection training images/s: our Mask R-CNN head defaults vs torchvision's "
+             "(same backbone, images)",
              batch_size / t_ours, batch_size / t_base, ">= 4x", "images/s", info),
-        _row("detection inference images/s: our Mask R-CNN head defaults vs torchvision's (same backbone, images)",
+        _row("detection inference images/s: our Mask R-CNN head defaults vs torchvision's "
+             "(same backbone, images)",
              batch_size / i_ours, batch_size / i_base, ">= 2x", "images/s", info),
     ]

@@ -81,8 +81,10 @@ class CocoEvaluator(Evaluator):
                 ann["segmentation"] = _rle(masks[i][k])
             if area is not None:
                 ann["area"] = float(area[i][k])
+            elif "segmentation" in ann:
+                ann["area"] = float(masks[i][k].sum())
             else:
-                ann["area"] = float(masks[i][k].sum()) if "segmentation" in ann else ann["bbox"][2] * ann["bbox"][3]
+                ann["area"] = ann["bbox"][2] * ann["bbox"][3]
             self.gt.append(ann)
 
     def _add_results(self, pred: dict, image_id: int) -> None:

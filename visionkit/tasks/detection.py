@@ -205,14 +205,17 @@ class DetectionTask(Task):
             labels = p["labels"].cpu()[keep]
             colours = [_PALETTE[int(c) % len(_PALETTE)] for c in labels]
             if "masks" in p and len(keep):
-                m = F.interpolate(p["masks"].cpu()[keep][None].float(), scale_factor=f, mode="nearest")[0] > 0.5
+                m = p["masks"].cpu()[keep][None].float()
+                m = F.interpolate(m, scale_factor=f, mode="nearest")[0] > 0.5
                 img = draw_segmentation_masks(img, m, alpha=0.45, colors=colours)
             if "boxes" in batch and len(batch["boxes"][i]):
                 truth = batch["boxes"][i].as_subclass(torch.Tensor).float().cpu() * f
                 img = draw_bounding_boxes(img, truth, colors="white", width=1)
             if len(keep):
-                names = [f"{self.classes[int(c)]} {float(s):.2f}" for c, s in zip(labels, p["scores"].cpu()[keep])]
-                img = draw_bounding_boxes(img, p["boxes"].cpu()[keep] * f, labels=names, colors=colours, width=2)
+                scores = p["scores"].cpu()[keep]
+                names = [f"{self.classes[int(c)]} {float(s):.2f}" for c, s in zip(labels, scores)]
+                boxes = p["boxes"].cpu()[keep] * f
+                img = draw_bounding_boxes(img, boxes, labels=names, colors=colours, width=2)
             tiles.append(img)
         size = (max(t.shape[1] for t in tiles), max(t.shape[2] for t in tiles))
         tiles = [F.pad(t, (0, size[1] - t.shape[2], 0, size[0] - t.shape[1])) for t in tiles]

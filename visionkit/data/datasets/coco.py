@@ -125,7 +125,8 @@ class CocoDetection(Dataset):
         seg = ann.get("segmentation")
         if isinstance(seg, dict) and list(seg.get("size", [])) != [img["height"], img["width"]]:
             raise DataError(f"{where}: its RLE mask has size {seg.get('size')} but the image is "
-                            f"{img['height']}x{img['width']} (height x width); the mask belongs to another image size")
+                            f"{img['height']}x{img['width']} (height x width); the mask belongs to "
+                            "another image size")
         bbox = ann.get("bbox")
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise DataError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}")

@@ -131,7 +131,8 @@ class RCNN(GeneralizedRCNN):
             s.rpn_nms_thresh, score_thresh=s.rpn_score_thresh,
         )
         n = num_classes + 1  # + background, class 0 in torchvision's heads
-        box_pool = MultiScaleRoIAlign(roi_levels, s.box_roi_size, s.roi_sampling_ratio, canonical_scale=s.roi_canonical_scale)
+        box_pool = MultiScaleRoIAlign(roi_levels, s.box_roi_size, s.roi_sampling_ratio,
+                                      canonical_scale=s.roi_canonical_scale)
         mask_kw = {}
         if variant == "mask_rcnn":
             mask_kw = dict(
