@@ -43,6 +43,9 @@ def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Seq
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(checkpoint), "split": split, "samples": len(trainer.datasets[split]),
               "metrics": metrics, **details}
+    files = trainer.last_evaluator.write(out.parent, split)  # e.g. a COCO results json
+    if files:
+        record["files"] = [str(f) for f in files]
     out.write_text(json.dumps(record, indent=2))
     return metrics, details, out
 
@@ -72,7 +75,7 @@ def load_task(cfg: Config, checkpoint) -> tuple[torch.nn.Module, dict]:
             f"checkpoint '{checkpoint}' holds a {meta.get('task')} model on {meta.get('backbone')}, "
             f"but the config builds {cfg.task} on {cfg.model.backbone.name}; use the checkpoint's own config"
         )
-    task = TASKS.get(cfg.task).from_config(cfg, {"classes": meta["classes"]})
+    task = TASKS.get(cfg.task).from_config(cfg, dict(meta))  # classes, and what the task saved
     task.load_state_dict(state["model"])
     return task.eval(), meta
 

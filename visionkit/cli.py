@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--num-images", type=int, default=3000)
     synth.add_argument("--size", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--coco", action="store_true",
+                       help="also write COCO instances json (annotations/instances_<split>.json)")
     check = dsub.add_parser("check", help="decode every sample and validate its targets; exit 1 on problems")
     _add_config(check)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -184,6 +186,11 @@ def cmd_data(args) -> int:
 
     out = generate_shapes(args.out, num_images=args.num_images, size=args.size, seed=args.seed, progress=True)
     print(f"wrote {args.num_images} images to {out}")
+    if args.coco:
+        from visionkit.data.datasets.coco import write_shapes_coco
+
+        for path in write_shapes_coco(out):
+            print(f"wrote {path}")
     return 0
 
 

@@ -157,6 +157,9 @@ def base_schema() -> dict:
                 "hflip": Field(float, 0.5, min=0, max=1),
                 "resize_ratio": Field(float, 1.0, min=1.0),
             },
+            "coco": {
+                "keep_empty": Field(bool, True, help="keep training images without annotations"),
+            },
             "synth": {
                 "num_images": Field(int, 3000, min=10),
                 "size": Field(int, 64, min=16),
@@ -217,6 +220,7 @@ def register_builtins() -> None:
     import visionkit.tasks.classification  # noqa: F401
     import visionkit.tasks.depth  # noqa: F401
     import visionkit.tasks.segmentation  # noqa: F401
+    import visionkit.tasks.detection  # noqa: F401
 
 
 def validate(raw: dict, origins: dict, default_file: str) -> dict:

@@ -148,6 +148,7 @@ class TensorBatches:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, steps: int):
         self.images, self.labels, self.steps = images, labels, steps
+        self.batch_size = len(images)
         self.sampler = self._Sampler()
 
     def __len__(self) -> int:

@@ -121,7 +121,7 @@ class Trainer:
         # is made, so a failed start leaves nothing behind
         source = build_source(cfg)
         self.classes = source.classes
-        self.task = self.task_cls.from_config(cfg, {"classes": self.classes}).to(self.device)
+        self.task = self.task_cls.from_config(cfg, {**source.info, "classes": self.classes}).to(self.device)
         # channels_last lets cuDNN run convolutions on tensor cores without transposes; on CPU
         # oneDNN gains little or nothing for our models, so auto keeps the default layout there
         cl = cfg.train.channels_last
@@ -522,11 +522,13 @@ class Trainer:
                 vis = self.task.visualize(batch, preds, self.cfg.train.vis_images)
         metrics = evaluator.compute()
         self._last_vis = vis
+        self.last_evaluator = evaluator
         return (metrics, evaluator.details()) if with_details else metrics
 
     def validate(self, split: str = "val") -> dict:
         metrics = self.evaluate(split)
         if hasattr(self, "hooks"):
+            self.last_evaluator.write(self.run_dir, split)  # e.g. detections_val.json
             self.call("after_validate", split, metrics, self._last_vis)
         return metrics
 

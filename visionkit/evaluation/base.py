@@ -23,3 +23,8 @@ class Evaluator:
 
     def details(self) -> dict[str, Any]:
         return {}
+
+    def write(self, directory, split: str) -> list:
+        """Files an evaluator keeps beside the metrics (a COCO results json, ...) in ``directory``;
+        returns their paths. Default: none."""
+        return []

@@ -1,0 +1,234 @@
+"""The detection task: transforms, training steps on several families, predictions, COCO scoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torchvision import tv_tensors
+
+from visionkit import load_config
+from visionkit.data.collate import collate_samples
+from visionkit.data.datasets.coco import ShapesInstances
+from visionkit.data.detection_transforms import detection_transforms
+from visionkit.errors import ConfigError
+from visionkit.evaluation.coco import CocoEvaluator
+from visionkit.registry import TASKS
+
+SMALL_HEAD = {"fpn_channels": 16, "box_representation": 32, "mask_channels": 16, "mask_convs": 1,
+              "box_batch_size_per_image": 16, "rpn_batch_size_per_image": 32}
+
+
+def det_config(tmp_path, shapes_root, backbone="resnet18_w32", name="mask_rcnn", **head):
+    cfg = {
+        "task": "detection",
+        "model": {"backbone": {"name": backbone}, "head": {"name": name, **SMALL_HEAD, **head}},
+        "data": {"dataset": "shapes", "root": str(shapes_root), "image_size": 32,
+                 "synth": {"num_images": 240, "size": 32, "seed": 0}, "mean": [0.5] * 3,
+                 "std": [0.25] * 3, "batch_size": 4, "num_workers": 0},
+        "train": {"epochs": 1, "device": "cpu", "progress": False},
+    }
+    path = tmp_path / f"{backbone}_{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return load_config(path)
+
+
+def build(cfg):
+    return TASKS.get("detection").from_config(cfg, {"classes": ["circle", "crescent", "cross", "square",
+                                                                "star", "triangle"]})
+
+
+def shapes_batch(shapes_root, indices, train=False, scale=(1.0, 1.0)):
+    ds = ShapesInstances(shapes_root)
+    t = detection_transforms(train, scale_range=scale)
+    return collate_samples([t(ds[i]) for i in indices])
+
+
+# -- transforms ------------------------------------------------------------------------------------
+def _tight(mask: torch.Tensor) -> list[float]:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_train_transform_keeps_boxes_and_masks_aligned(shapes_root, seed):
+    sample = ShapesInstances(shapes_root)[seed]
+    for i, m in enumerate(sample["masks"]):  # the reader's boxes are the masks' tight extents
+        assert sample["boxes"][i].tolist() == _tight(m)
+    torch.manual_seed(seed)
+    out = detection_transforms(True, hflip=0.5, scale_range=(0.6, 1.6))(dict(sample))
+    n = len(out["labels"])
+    assert out["boxes"].shape == (n, 4) and out["masks"].shape[0] == n
+    assert out["image"].shape[-2:] == out["masks"].shape[-2:] == (32, 32)
+    for box, mask in zip(out["boxes"], out["masks"]):
+        if mask.sum() > 0:  # resampling moves an edge by at most a pixel
+            assert np.allclose(box.tolist(), _tight(mask), atol=1.01), (box, _tight(mask))
+
+
+def test_flip_moves_box_and_mask_together():
+    image = tv_tensors.Image(torch.zeros(3, 10, 20, dtype=torch.uint8))
+    mask = torch.zeros(1, 10, 20, dtype=torch.uint8)
+    mask[0, 2:5, 1:4] = 1
+    sample = {"image": image, "labels": torch.tensor([0]), "masks": tv_tensors.Mask(mask),
+              "boxes": tv_tensors.BoundingBoxes([[1, 2, 4, 5]], format="XYXY", canvas_size=(10, 20))}
+    out = detection_transforms(True, hflip=1.0)(sample)
+    assert out["boxes"].tolist() == [[16, 2, 19, 5]] and _tight(out["masks"][0]) == [16, 2, 19, 5]
+
+
+def test_crop_that_removes_an_instance_drops_its_label_and_mask():
+    image = tv_tensors.Image(torch.zeros(3, 20, 20, dtype=torch.uint8))
+    masks = torch.zeros(2, 20, 20, dtype=torch.uint8)
+    masks[0, 0:2, 0:2] = 1
+    masks[1, 8:12, 8:12] = 1
+    sample = {"image": image, "labels": torch.tensor([3, 4]), "masks": tv_tensors.Mask(masks),
+              "iscrowd": torch.tensor([False, False]), "area": torch.tensor([4.0, 16.0]),
+              "boxes": tv_tensors.BoundingBoxes([[0, 0, 2, 2], [8, 8, 12, 12]], format="XYXY",
+                                                canvas_size=(20, 20))}
+    dropped = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = detection_transforms(True, hflip=0.0, scale_range=(2.0, 2.0))(dict(sample))
+        assert len(out["labels"]) == len(out["boxes"]) == len(out["masks"])
+        dropped += len(out["labels"]) < 2
+    assert dropped > 0  # the 2 px corner object falls outside many of the 2x crops
+
+
+def test_crowd_regions_are_left_out_of_training():
+    image = tv_tensors.Image(torch.zeros(3, 20, 20, dtype=torch.uint8))
+    sample = {"image": image, "labels": torch.tensor([1, 2]), "iscrowd": torch.tensor([True, False]),
+              "masks": tv_tensors.Mask(torch.ones(2, 20, 20, dtype=torch.uint8)), "area": torch.ones(2),
+              "boxes": tv_tensors.BoundingBoxes([[0, 0, 9, 9], [3, 3, 9, 9]], format="XYXY",
+                                                canvas_size=(20, 20))}
+    out = detection_transforms(True, hflip=0.0)(sample)
+    assert out["labels"].tolist() == [2] and "iscrowd" not in out
+
+
+# -- model -----------------------------------------------------------------------------------------
+FAMILIES = ["resnet18_w32", "vgg11_bn_w16", "densenet_bc_k12_tiny"]
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn", "mask_rcnn"])
+@pytest.mark.parametrize("backbone", FAMILIES)
+def test_training_steps_lower_the_loss_on_three_families(tmp_path, shapes_root, backbone, name):
+    task = build(det_config(tmp_path, shapes_root, backbone, name))
+    batch = task.preprocess(shapes_batch(shapes_root, [0, 1]))
+    task.train()
+    opt = torch.optim.AdamW(task.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    first = None
+    for _ in range(6):
+        losses = task.loss(batch)
+        expected = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+        assert set(losses) == expected | ({"loss_mask"} if name == "mask_rcnn" else set())
+        total = sum(losses.values())
+        assert torch.isfinite(total)
+        first = total.item() if first is None else first
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    stem_grad = next(p for p in task.backbone.parameters() if p.requires_grad).grad
+    assert stem_grad is not None and stem_grad.abs().sum() > 0  # the loss reaches the backbone
+    assert total.item() < first
+
+
+def test_prediction_format(tmp_path, shapes_root):
+    task = build(det_config(tmp_path, shapes_root, box_score_thresh=0.0, detections_per_img=5)).eval()
+    batch = task.preprocess(shapes_batch(shapes_root, [0, 1, 2]))
+    preds = task.predict(batch)
+    assert len(preds) == 3
+    for p in preds:
+        n = len(p["scores"])
+        assert 0 < n <= 5
+        assert p["boxes"].shape == (n, 4) and p["labels"].dtype == torch.int64
+        assert p["masks"].shape == (n, 32, 32) and p["masks"].dtype == torch.bool
+        assert p["labels"].min() >= 0 and p["labels"].max() < 6
+        assert (p["boxes"] >= 0).all() and (p["boxes"] <= 32).all()
+        assert torch.all(p["scores"][:-1] >= p["scores"][1:])
+    rec = task.record(preds, 0)["detections"][0]
+    assert set(rec) == {"label", "category_id", "score", "box", "mask_area", "segmentation"}
+    assert rec["category_id"] == task.classes.index(rec["label"]) + 1
+    assert json.dumps(task.record(preds, 0))  # JSON-able
+    vis = task.visualize(batch, preds, 2)
+    assert vis.dtype == torch.uint8 and vis.shape[:2] == (1, 3) and vis.shape[-2] >= 256
+
+
+def test_images_of_different_sizes_batch_as_a_list(tmp_path, shapes_root):
+    task = build(det_config(tmp_path, shapes_root, box_score_thresh=0.0)).eval()
+    images = [torch.randint(0, 255, (3, 32, 48), dtype=torch.uint8),
+              torch.randint(0, 255, (3, 40, 32), dtype=torch.uint8)]
+    preds = task.predict(task.preprocess({"images": images}))
+    assert preds[0]["masks"].shape[-2:] == (32, 48) and preds[1]["masks"].shape[-2:] == (40, 32)
+
+
+def test_head_config_is_checked(tmp_path, shapes_root):
+    with pytest.raises(ConfigError, match="head.box_batchsize.*did you mean 'box_batch_size_per_image'"):
+        det_config(tmp_path, shapes_root, box_batchsize=3)
+    with pytest.raises(ConfigError, match="max_size"):
+        build(det_config(tmp_path, shapes_root, min_size=64, max_size=32))
+    with pytest.raises(ConfigError, match="fpn needs at least two backbone stages"):
+        build(load_config(_write(tmp_path, det_config(tmp_path, shapes_root).to_dict(),
+                                 **{"model.backbone.out_stages": ["layer4"]})))
+
+
+def _write(tmp_path, cfg: dict, **over) -> str:
+    for key, value in over.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+# -- evaluator -------------------------------------------------------------------------------------
+def _truth_batch(shapes_root):
+    batch = shapes_batch(shapes_root, range(8))
+    batch["images"] = list(batch["images"])
+    return batch
+
+
+def _perfect(batch, shift=0):
+    preds = []
+    for boxes, labels, masks in zip(batch["boxes"], batch["labels"], batch["masks"]):
+        b = boxes.as_subclass(torch.Tensor).clone()
+        b[:, [0, 2]] += shift
+        preds.append({"boxes": b, "labels": labels.clone(), "scores": torch.linspace(0.9, 0.8, len(labels)),
+                      "masks": torch.roll(masks.bool(), shift, dims=-1)})
+    return preds
+
+
+def test_evaluator_scores_perfect_predictions_1_and_shifted_ones_less(shapes_root, tmp_path):
+    batch = _truth_batch(shapes_root)
+    ev = CocoEvaluator(["circle", "crescent", "cross", "square", "star", "triangle"])
+    ev.process(batch, _perfect(batch))
+    m = ev.compute()
+    assert m["bbox_AP"] == pytest.approx(1.0) and m["segm_AP"] == pytest.approx(1.0)
+    assert m["bbox_AP50"] == pytest.approx(1.0) and m["segm_AP75"] == pytest.approx(1.0)
+    per_class = ev.details()["segm_per_class_AP"]
+    assert per_class and all(v == pytest.approx(1.0) for v in per_class.values())
+
+    ev.reset()
+    ev.process(batch, _perfect(batch, shift=2))
+    shifted = ev.compute()
+    assert 0 < shifted["bbox_AP"] < 0.9 and 0 < shifted["segm_AP"] < 0.9
+    assert shifted["bbox_AP50"] > shifted["bbox_AP75"]
+
+    files = ev.write(tmp_path, "val")  # standard COCO results: any COCO tool reads them
+    results = json.loads(files[0].read_text())
+    assert len(results) == ev.details()["instances"]
+    assert {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(results[0])
+
+
+def test_evaluator_ignores_detections_on_crowd_regions(shapes_root):
+    batch = _truth_batch(shapes_root)
+    preds = _perfect(batch)
+    batch["iscrowd"] = [torch.zeros(len(x), dtype=torch.bool) for x in batch["labels"]]
+    batch["iscrowd"][0][0] = True  # image 0's first object is now a crowd region; its detection hits it
+    ev = CocoEvaluator(["circle", "crescent", "cross", "square", "star", "triangle"])
+    ev.process(batch, preds)
+    assert ev.compute()["bbox_AP"] == pytest.approx(1.0)  # not a false positive

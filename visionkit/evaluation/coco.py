@@ -1,0 +1,155 @@
+"""COCO box and mask AP through pycocotools' COCOeval, on whatever split the trainer scores.
+
+The ground truth is collected from the batches (boxes, labels, masks, ``iscrowd``, ``area``), so
+the same evaluator scores COCO files and the shapes scenes; crowd regions are passed as
+``iscrowd=1`` and COCOeval ignores detections that fall on them. Predictions use 0-based labels;
+``category_ids[label]`` maps them back to the data set's ids for the results file.
+
+Metrics (0..1): ``bbox_AP`` (AP@[.5:.95]), ``bbox_AP50``, ``bbox_AP75``, ``bbox_APs/m/l`` and the
+same with ``segm_`` for masks. A size range with no ground truth in the split is left out rather
+than reported as COCOeval's -1. Per-class AP goes to :meth:`details`; :meth:`write` saves the
+detections as a standard COCO results json that any COCO tool re-scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from visionkit.errors import DataError
+from visionkit.evaluation.base import Evaluator
+
+_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _rle(mask: torch.Tensor) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.to(torch.uint8).cpu().numpy()))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+
+
+def _xywh(box) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+class CocoEvaluator(Evaluator):
+    """Accumulates ground truth and detections image by image; scores them in :meth:`compute`."""
+
+    def __init__(self, classes: list[str], category_ids: list[int] | None = None, masks: bool = True):
+        self.classes = list(classes)
+        self.category_ids = list(category_ids or range(1, len(self.classes) + 1))
+        self.iou_types = ("bbox", "segm") if masks else ("bbox",)
+        self.reset()
+
+    def reset(self) -> None:
+        self.images: list[dict] = []
+        self.gt: list[dict] = []
+        self.results: list[dict] = []
+        self._per_class: dict[str, dict[str, float]] = {}
+        self._next_id = 0
+
+    def process(self, batch: dict, predictions: list[dict]) -> None:
+        if "boxes" not in batch or "labels" not in batch:
+            raise DataError("the split has no boxes/labels to score detections against")
+        ids = batch.get("image_id")
+        for i, pred in enumerate(predictions):
+            image_id = int(ids[i]) if ids is not None else self._next_id
+            self._next_id = max(self._next_id, image_id) + 1
+            h, w = batch["images"][i].shape[-2:]
+            self.images.append({"id": image_id, "width": int(w), "height": int(h)})
+            self._add_truth(batch, i, image_id)
+            self._add_results(pred, image_id)
+
+    def _add_truth(self, batch: dict, i: int, image_id: int) -> None:
+        boxes, labels = batch["boxes"][i], batch["labels"][i]
+        masks = batch.get("masks")
+        crowd = batch.get("iscrowd")
+        area = batch.get("area")
+        for k in range(len(labels)):
+            ann = {"id": len(self.gt) + 1, "image_id": image_id,
+                   "category_id": self.category_ids[int(labels[k])], "bbox": _xywh(boxes[k]),
+                   "iscrowd": int(crowd[i][k]) if crowd is not None else 0}
+            if masks is not None and "segm" in self.iou_types:
+                ann["segmentation"] = _rle(masks[i][k])
+            if area is not None:
+                ann["area"] = float(area[i][k])
+            elif "segmentation" in ann:
+                ann["area"] = float(masks[i][k].sum())
+            else:
+                ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+            self.gt.append(ann)
+
+    def _add_results(self, pred: dict, image_id: int) -> None:
+        masks = pred.get("masks")
+        for k in range(len(pred["labels"])):
+            res = {"image_id": image_id, "category_id": self.category_ids[int(pred["labels"][k])],
+                   "bbox": [round(v, 2) for v in _xywh(pred["boxes"][k])],
+                   "score": round(float(pred["scores"][k]), 5)}
+            if masks is not None and "segm" in self.iou_types:
+                res["segmentation"] = _rle(masks[k])
+            self.results.append(res)
+
+    def _ground_truth(self):
+        from pycocotools.coco import COCO
+
+        gt = COCO()
+        gt.dataset = {"images": self.images, "annotations": self.gt,
+                      "categories": [{"id": c, "name": n} for c, n in zip(self.category_ids, self.classes)]}
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+        return gt
+
+    def compute(self) -> dict[str, float]:
+        from pycocotools.cocoeval import COCOeval
+
+        metrics: dict[str, float] = {}
+        gt = self._ground_truth()
+        for iou_type in self.iou_types:
+            if not self.results:  # loadRes refuses an empty list: nothing detected scores 0
+                metrics.update({f"{iou_type}_{s}": 0.0 for s in _STATS[:3]})
+                self._per_class[iou_type] = {n: 0.0 for n in self.classes}
+                continue
+            results = copy.deepcopy(self.results)
+            if iou_type == "segm":  # else loadRes takes the box's area for the size ranges
+                for r in results:
+                    r.pop("bbox", None)
+            with contextlib.redirect_stdout(io.StringIO()):
+                dt = gt.loadRes(results)
+                ev = COCOeval(gt, dt, iou_type)
+                ev.evaluate()
+                ev.accumulate()
+                ev.summarize()
+            for name, value in zip(_STATS, ev.stats[:6]):
+                if value >= 0:  # -1: no ground truth of that size in the split
+                    metrics[f"{iou_type}_{name}"] = float(value)
+            self._per_class[iou_type] = self._class_ap(ev)
+        return metrics
+
+    def _class_ap(self, ev) -> dict[str, float]:
+        """AP@[.5:.95] of each class (all sizes, 100 detections), as COCOeval's summary computes it."""
+        precision = ev.eval["precision"]  # (iou, recall, class, area, max dets)
+        out = {}
+        for k, cat in enumerate(ev.params.catIds):
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]
+            out[self.classes[self.category_ids.index(cat)]] = float(p.mean()) if p.size else float("nan")
+        return {n: v for n, v in out.items() if v == v}  # classes absent from the split: no AP
+
+    def details(self) -> dict:
+        return {f"{t}_per_class_AP": v for t, v in self._per_class.items()} | {
+            "images": len(self.images), "instances": len(self.gt), "detections": len(self.results)}
+
+    def write(self, directory, split: str) -> list[Path]:
+        """The detections as a COCO results json: ``<directory>/detections_<split>.json``."""
+        path = Path(directory) / f"detections_{split}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.results))
+        return [path]

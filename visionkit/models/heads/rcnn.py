@@ -1,0 +1,159 @@
+"""Two-stage detectors on any backbone: FPN -> RPN -> RoI box head -> optional RoI mask head.
+
+Faster R-CNN (Ren et al. 2015) and Mask R-CNN (He et al. 2017) assembled from torchvision's tested
+parts -- ``GeneralizedRCNNTransform``, ``AnchorGenerator``, ``RegionProposalNetwork``, ``RoIHeads``,
+``MultiScaleRoIAlign`` and the Mask R-CNN heads -- over our FPN neck, so the channels and strides
+flow from the backbone's ``feature_specs``. Only the wiring and the per-level anchor sizes are ours.
+
+Why not ``torchvision.models.detection.MaskRCNN`` itself: its constructor fixes the box head at
+``TwoMLPHead(.., 1024)`` unless one passes every part, and its anchor defaults assume 800 px
+images with 32-512 px objects. Building the parts here keeps every width and count a plain
+argument, which is what makes the CPU defaults (see :class:`RCNNSettings`) possible.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+
+from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec
+from visionkit.models.necks.fpn import FPN
+
+VARIANTS = ("faster_rcnn", "mask_rcnn")
+
+
+@dataclass
+class RCNNSettings:
+    """Every size, count and threshold of the detector; defaults are tuned for small images on CPUs.
+
+    The comments give torchvision's ``maskrcnn_resnet50_fpn`` value where ours differs: at 64-128 px
+    with a handful of objects per image, 2000 proposals and 512 sampled RoIs per image are mostly
+    background, and the RoI heads' cost grows linearly with them.
+    """
+
+    fpn_channels: int = 64  # tv: 256
+    extra_pool: bool = True  # the stride-2 pooled level on top of the pyramid, for the RPN only
+    anchor_scales: list[float] = field(default_factory=lambda: [2.0, 4.0])  # x stride; tv: [8]
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rpn_fg_iou: float = 0.7
+    rpn_bg_iou: float = 0.3
+    rpn_batch_size_per_image: int = 64  # tv: 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 256  # tv: 2000 (per level)
+    rpn_post_nms_top_n_train: int = 128  # tv: 2000
+    rpn_pre_nms_top_n_test: int = 128  # tv: 1000
+    rpn_post_nms_top_n_test: int = 64  # tv: 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_score_thresh: float = 0.0
+    box_roi_size: int = 7
+    # bilinear samples per RoI bin side; on a CPU RoIAlign's backward dominates a training step,
+    # and its cost grows with the square of this (tv: 2)
+    roi_sampling_ratio: int = 1
+    box_representation: int = 256  # tv: 1024
+    box_fg_iou: float = 0.5
+    box_bg_iou: float = 0.5
+    box_batch_size_per_image: int = 64  # tv: 512
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_img: int = 20  # tv: 100
+    mask_roi_size: int = 14
+    mask_convs: int = 2  # tv: 4
+    mask_channels: int = 64  # tv: 256
+    roi_canonical_scale: int = 224  # the FPN level rule k = 4 + log2(sqrt(wh) / 224), eq. (1) of Lin et al.
+    min_size: int = 64
+    max_size: int = 107
+    size_divisible: int = 32
+
+
+class BackboneFPN(nn.Module):
+    """Backbone + FPN as the ``backbone`` GeneralizedRCNN expects: ``out_channels`` and an
+    ordered dict of pyramid levels.
+
+    ``register_body=False`` keeps the backbone out of this module's parameters and state dict, for
+    an owner that registers it itself (the detection task keeps it as ``task.backbone``, so its
+    weights have one name, the one backbone checkpoints and ``model.backbone.weights`` use).
+    """
+
+    def __init__(self, backbone: nn.Module, channels: int, extra_pool: bool, register_body: bool = True):
+        super().__init__()
+        if register_body:
+            self.body = backbone
+        else:
+            object.__setattr__(self, "body", backbone)  # a plain reference, not a submodule
+        self.fpn = FPN(backbone.feature_specs, channels, extra_pool=extra_pool, owner=type(backbone).__name__)
+        self.out_channels = channels
+        self.feature_specs: dict[str, FeatureSpec] = self.fpn.feature_specs
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return OrderedDict(self.fpn(self.body(x)))
+
+
+def anchor_sizes(specs: dict[str, FeatureSpec], scales) -> tuple[tuple[float, ...], ...]:
+    """Anchor side lengths per pyramid level: ``scale * stride`` for each scale.
+
+    Tying the size to the level's stride keeps every level's anchors at the same density on its
+    own grid (FPN, Lin et al. sec. 4.1 uses 8 x stride: 32..512 px for strides 4..64).
+    """
+    return tuple(tuple(float(s * spec.stride) for s in scales) for spec in specs.values())
+
+
+class RCNN(GeneralizedRCNN):
+    """torchvision's GeneralizedRCNN (resize + normalise, backbone, RPN, RoI heads, paste back to
+    the input size) with the parts built from ``feature_specs`` and :class:`RCNNSettings`."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, variant: str, settings: RCNNSettings,
+                 mean, std, register_backbone: bool = True):
+        if variant not in VARIANTS:
+            raise BackboneBuildError(f"unknown detector '{variant}'; choose one of {', '.join(VARIANTS)}")
+        s = settings
+        body = BackboneFPN(backbone, s.fpn_channels, s.extra_pool, register_backbone)
+        specs = body.feature_specs
+        roi_levels = [n for n in specs if n != "pool"]  # the pooled level only feeds the RPN (FPN sec. 4.2)
+        anchors = AnchorGenerator(anchor_sizes(specs, s.anchor_scales),
+                                  (tuple(s.anchor_ratios),) * len(specs))
+        rpn = RegionProposalNetwork(
+            anchors, RPNHead(s.fpn_channels, anchors.num_anchors_per_location()[0]),
+            s.rpn_fg_iou, s.rpn_bg_iou, s.rpn_batch_size_per_image, s.rpn_positive_fraction,
+            {"training": s.rpn_pre_nms_top_n_train, "testing": s.rpn_pre_nms_top_n_test},
+            {"training": s.rpn_post_nms_top_n_train, "testing": s.rpn_post_nms_top_n_test},
+            s.rpn_nms_thresh, score_thresh=s.rpn_score_thresh,
+        )
+        n = num_classes + 1  # + background, class 0 in torchvision's heads
+        box_pool = MultiScaleRoIAlign(roi_levels, s.box_roi_size, s.roi_sampling_ratio,
+                                      canonical_scale=s.roi_canonical_scale)
+        mask_kw = {}
+        if variant == "mask_rcnn":
+            mask_kw = dict(
+                mask_roi_pool=MultiScaleRoIAlign(roi_levels, s.mask_roi_size, s.roi_sampling_ratio,
+                                                 canonical_scale=s.roi_canonical_scale),
+                mask_head=MaskRCNNHeads(s.fpn_channels, [s.mask_channels] * s.mask_convs, 1),
+                mask_predictor=MaskRCNNPredictor(s.mask_channels if s.mask_convs else s.fpn_channels,
+                                                 s.mask_channels, n),
+            )
+        roi_heads = RoIHeads(
+            box_pool, TwoMLPHead(s.fpn_channels * s.box_roi_size**2, s.box_representation),
+            FastRCNNPredictor(s.box_representation, n),
+            s.box_fg_iou, s.box_bg_iou, s.box_batch_size_per_image, s.box_positive_fraction, None,
+            s.box_score_thresh, s.box_nms_thresh, s.detections_per_img, **mask_kw,
+        )
+        transform = GeneralizedRCNNTransform(s.min_size, s.max_size, list(mean), list(std),
+                                             size_divisible=s.size_divisible)
+        super().__init__(body, rpn, roi_heads, transform)
+        self.variant = variant
+        self.settings = asdict(s)
+
+    @property
+    def has_masks(self) -> bool:
+        return self.variant == "mask_rcnn"

@@ -1,0 +1,225 @@
+"""Object detection and instance segmentation: Faster R-CNN and Mask R-CNN on any backbone.
+
+``model.head.name`` picks ``faster_rcnn`` (boxes) or ``mask_rcnn`` (boxes + one mask per
+instance); the other ``model.head`` keys are :class:`visionkit.models.heads.rcnn.RCNNSettings`
+(widths, sampling counts, proposal counts, thresholds, image min/max size) plus the training
+augmentation's ``scale_jitter`` and the drawing/JSON thresholds.
+
+Batches: ``images`` is a list of uint8 ``(3, H, W)`` tensors of any sizes (or one stacked tensor);
+``boxes``/``labels``/``masks`` are per-image lists. The model resizes each image to ``min_size``
+itself and maps its detections back, so predictions and scores are in the input's pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
+
+from visionkit.data.datasets import coco as _coco  # noqa: F401  (registers the coco data set, shapes view)
+from visionkit.data.detection_transforms import detection_transforms
+from visionkit.errors import ConfigError
+from visionkit.evaluation.coco import CocoEvaluator, _rle
+from visionkit.models.backbones.base import BackboneBuildError
+from visionkit.models.build import build_backbone
+from visionkit.models.heads.rcnn import RCNN, VARIANTS, RCNNSettings
+from visionkit.registry import TASKS
+from visionkit.schema import Field
+from visionkit.tasks.base import Task
+
+_PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
+            "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"]
+
+_LIMITS = {  # extra checks on the RCNNSettings fields, by name
+    "fpn_channels": dict(min=1), "box_representation": dict(min=1), "mask_channels": dict(min=1),
+    "mask_convs": dict(min=0), "box_roi_size": dict(min=1), "mask_roi_size": dict(min=1),
+    "anchor_scales": dict(min=0.01), "anchor_ratios": dict(min=0.01), "size_divisible": dict(min=1),
+    "detections_per_img": dict(min=1), "roi_sampling_ratio": dict(min=-1), "roi_canonical_scale": dict(min=1),
+}
+
+
+def _settings_schema() -> dict:
+    out = {}
+    for f in dataclasses.fields(RCNNSettings):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = [float] if isinstance(default, list) else type(default)
+        limits = dict(_LIMITS.get(f.name, {}))
+        if kind in (int, float) and "min" not in limits:
+            limits["min"] = 0
+        if kind is float and f.name.endswith(("_iou", "_fraction", "_thresh")):
+            limits["max"] = 1
+        out[f.name] = Field(kind, default, **limits)
+    # the image size follows data.image_size unless set
+    out["min_size"] = Field(int, None, nullable=True, min=8, help="null: data.image_size")
+    out["max_size"] = Field(int, None, nullable=True, min=8, help="null: min_size * 1333 / 800")
+    return out
+
+
+@TASKS.register("detection")
+class DetectionTask(Task):
+    monitor = ("segm_AP", "max")
+
+    @classmethod
+    def head_schema(cls) -> dict:
+        return {
+            "name": Field(str, "mask_rcnn", choices=VARIANTS, help="faster_rcnn: boxes; mask_rcnn: + masks"),
+            "num_classes": Field(int, None, nullable=True, min=1, help="null: from the data set"),
+            **_settings_schema(),
+            "scale_jitter": Field([float], [1.0, 1.0], length=2, min=0.05,
+                                  help="training rescale range, then crop/pad back (large-scale jitter)"),
+            "mask_threshold": Field(float, 0.5, min=0, max=1, help="mask probability that counts as inside"),
+            "vis_score": Field(float, 0.5, min=0, max=1, help="least score drawn and printed"),
+        }
+
+    def __init__(self, backbone, classes: list[str], *, variant: str = "mask_rcnn",
+                 settings: RCNNSettings | None = None, mean=(0.5,) * 3, std=(0.25,) * 3,
+                 category_ids: list[int] | None = None, mask_threshold: float = 0.5, vis_score: float = 0.5):
+        super().__init__()
+        self.classes = list(classes)
+        self.category_ids = list(category_ids or range(1, len(self.classes) + 1))
+        # the backbone is registered here only (the model holds a plain reference), so its weights
+        # are named backbone.* as in every task and backbone weight files load by name
+        self.backbone = backbone
+        self.model = RCNN(backbone, len(self.classes), variant, settings or RCNNSettings(), mean, std,
+                          register_backbone=False)
+        self.variant = variant
+        self.mask_threshold, self.vis_score = mask_threshold, vis_score
+        self.monitor = ("segm_AP", "max") if self.model.has_masks else ("bbox_AP", "max")
+
+    @classmethod
+    def from_config(cls, cfg, data_info: dict) -> "DetectionTask":
+        h = cfg.model.head
+        classes = data_info["classes"]
+        if h.num_classes is not None and h.num_classes != len(classes):
+            raise ConfigError(f"{cfg.source}: 'model.head.num_classes' is {h.num_classes} but the data set "
+                              f"has {len(classes)} classes ({', '.join(classes[:10])}); set it to null")
+        kw = {f.name: h[f.name] for f in dataclasses.fields(RCNNSettings)}
+        kw["min_size"] = h.min_size or cfg.data.image_size
+        kw["max_size"] = h.max_size or math.ceil(kw["min_size"] * 1333 / 800)
+        if kw["max_size"] < kw["min_size"]:
+            raise ConfigError(f"{cfg.source}: 'model.head.max_size' ({kw['max_size']}) is below "
+                              f"min_size ({kw['min_size']})")
+        backbone = build_backbone(cfg)
+        try:
+            return cls(backbone, classes, variant=h.name, settings=RCNNSettings(**kw), mean=cfg.data.mean,
+                       std=cfg.data.std, category_ids=data_info.get("category_ids"),
+                       mask_threshold=h.mask_threshold, vis_score=h.vis_score)
+        except BackboneBuildError as e:
+            raise ConfigError(f"{cfg.source}: {h.name} on {cfg.model.backbone.name}: {e}") from None
+
+    @classmethod
+    def sample_transform(cls, cfg, train: bool):
+        lo, hi = cfg.model.head.scale_jitter
+        if lo > hi:
+            raise ConfigError(f"{cfg.source}: 'model.head.scale_jitter' must be [min, max], got {[lo, hi]}")
+        return detection_transforms(train, hflip=cfg.data.augment.hflip, scale_range=(lo, hi))
+
+    # -- batches -------------------------------------------------------------------------------
+    def preprocess(self, batch: dict) -> dict:
+        """Images to a list of 0..1 float tensors (the model normalises and resizes them) and every
+        per-image target to a list, whether the loader stacked equal shapes or not."""
+        images = batch["images"]
+        batch["images"] = [im.float().div(255) if im.dtype == torch.uint8 else im.float() for im in images]
+        for key in ("boxes", "labels", "masks", "iscrowd", "area"):
+            if key in batch and isinstance(batch[key], torch.Tensor):
+                batch[key] = list(batch[key])
+        return batch
+
+    def _targets(self, batch: dict) -> list[dict]:
+        targets = []
+        for i in range(len(batch["images"])):
+            keep = ~batch["iscrowd"][i].bool() if "iscrowd" in batch else slice(None)
+            t = {"boxes": batch["boxes"][i].as_subclass(torch.Tensor)[keep].float(),
+                 "labels": batch["labels"][i][keep] + 1}  # 0 is the background in torchvision's heads
+            if self.model.has_masks:
+                t["masks"] = batch["masks"][i].as_subclass(torch.Tensor)[keep]
+            targets.append(t)
+        return targets
+
+    def forward(self, images: list[torch.Tensor]):
+        return self.model(images)
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """torchvision's named terms: loss_objectness, loss_rpn_box_reg (RPN), loss_classifier,
+        loss_box_reg (box head) and loss_mask (mask head)."""
+        return self.model(batch["images"], self._targets(batch))
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> list[dict]:
+        """Per image: ``boxes`` (N, 4) XYXY input pixels, ``labels`` (N,) 0-based class ids,
+        ``scores`` (N,), and for mask_rcnn ``masks`` (N, H, W) bool at ``mask_threshold``;
+        sorted by score, at most ``detections_per_img``."""
+        out = []
+        for det in self.model(batch["images"]):
+            p = {"boxes": det["boxes"].float(), "labels": det["labels"] - 1, "scores": det["scores"].float()}
+            if "masks" in det:
+                p["masks"] = det["masks"][:, 0] >= self.mask_threshold
+            out.append(p)
+        return out
+
+    def evaluator(self):
+        return CocoEvaluator(self.classes, self.category_ids, masks=self.model.has_masks)
+
+    # -- outputs -------------------------------------------------------------------------------
+    def _shown(self, pred: dict) -> torch.Tensor:
+        return (pred["scores"] >= self.vis_score).nonzero().flatten()
+
+    def describe(self, predictions: list[dict], i: int) -> str:
+        """``"2 objects: star 0.98, circle 0.91"`` (those scoring at least ``vis_score``)."""
+        p = predictions[i]
+        shown = self._shown(p).tolist()
+        if not shown:
+            return "no objects"
+        items = ", ".join(f"{self.classes[int(p['labels'][k])]} {float(p['scores'][k]):.2f}" for k in shown)
+        return f"{len(shown)} object{'s' * (len(shown) != 1)}: {items}"
+
+    def record(self, predictions: list[dict], i: int) -> dict:
+        """Every detection: class, COCO category id, score, XYXY box and (masks) RLE + area."""
+        p = predictions[i]
+        dets = []
+        for k in range(len(p["labels"])):
+            label = int(p["labels"][k])
+            d = {"label": self.classes[label], "category_id": self.category_ids[label],
+                 "score": round(float(p["scores"][k]), 4),
+                 "box": [round(float(v), 2) for v in p["boxes"][k]]}
+            if "masks" in p:
+                d["mask_area"] = int(p["masks"][k].sum())
+                d["segmentation"] = _rle(p["masks"][k])
+            dets.append(d)
+        return {"detections": dets}
+
+    def visualize(self, batch: dict, predictions: list[dict], max_images: int = 16) -> torch.Tensor:
+        """Each image, enlarged to at least 256 px, with mask overlays and boxes labelled
+        ``class score`` in the class's colour (ground-truth boxes, when known, in thin white)."""
+        tiles = []
+        for i, (img, p) in enumerate(zip(batch["images"][:max_images], predictions)):
+            img = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            img = img.expand(3, -1, -1) if img.shape[0] == 1 else img
+            h, w = img.shape[-2:]
+            f = max(1, 256 // max(h, w))
+            img = F.interpolate(img[None].float(), scale_factor=f, mode="nearest")[0].to(torch.uint8)
+            keep = self._shown(p).cpu()
+            labels = p["labels"].cpu()[keep]
+            colours = [_PALETTE[int(c) % len(_PALETTE)] for c in labels]
+            if "masks" in p and len(keep):
+                m = p["masks"].cpu()[keep][None].float()
+                m = F.interpolate(m, scale_factor=f, mode="nearest")[0] > 0.5
+                img = draw_segmentation_masks(img, m, alpha=0.45, colors=colours)
+            if "boxes" in batch and len(batch["boxes"][i]):
+                truth = batch["boxes"][i].as_subclass(torch.Tensor).float().cpu() * f
+                img = draw_bounding_boxes(img, truth, colors="white", width=1)
+            if len(keep):
+                scores = p["scores"].cpu()[keep]
+                names = [f"{self.classes[int(c)]} {float(s):.2f}" for c, s in zip(labels, scores)]
+                boxes = p["boxes"].cpu()[keep] * f
+                img = draw_bounding_boxes(img, boxes, labels=names, colors=colours, width=2)
+            tiles.append(img)
+        size = (max(t.shape[1] for t in tiles), max(t.shape[2] for t in tiles))
+        tiles = [F.pad(t, (0, size[1] - t.shape[2], 0, size[0] - t.shape[1])) for t in tiles]
+        return make_grid(tiles, nrow=min(4, len(tiles)), padding=2)[None]
+
+    def metadata(self) -> dict:
+        return {"classes": self.classes, "category_ids": self.category_ids, "variant": self.variant}
