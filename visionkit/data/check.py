@@ -43,7 +43,7 @@ def check_data(cfg, log=print) -> dict:
     """Check every sample; returns the report (the CLI prints it and exits 1 on any error)."""
     task_cls = TASKS.get(cfg.task)
     source = build_source(cfg)
-    info = {"classes": source.classes}
+    info = {**source.info, "classes": source.classes, "cfg": cfg}
     parts = source.splits if source.splits is not None else {"all": source.pool}
     report = {"dataset": cfg.data.dataset, "root": cfg.data.root, "task": cfg.task,
               "classes": len(source.classes), "splits": {}, "errors": [], "warnings": []}

@@ -155,6 +155,22 @@ class DepthTask(Task):
         self.set_normalization(self.mean, self.std)
 
     @classmethod
+    def check_sample(cls, sample: dict, data_info: dict) -> list[str]:
+        """A depth map of the image's size, finite and not negative (0 = no measurement)."""
+        depth, image = sample.get("depth"), sample.get("image")
+        if not isinstance(depth, torch.Tensor):
+            return ["no depth map"]
+        problems = []
+        if isinstance(image, torch.Tensor) and tuple(depth.shape[-2:]) != tuple(image.shape[-2:]):
+            problems.append(f"depth map is {tuple(depth.shape[-2:])} but the image is {tuple(image.shape[-2:])}")
+        d = depth.as_subclass(torch.Tensor).float()
+        if not torch.isfinite(d).all():
+            problems.append("depth map holds NaN or Inf values")
+        elif (d < 0).any():
+            problems.append(f"depth map holds negative values (min {float(d.min()):g})")
+        return problems
+
+    @classmethod
     def from_config(cls, cfg, data_info: dict) -> "DepthTask":
         h, d = cfg.model.head, cfg.data.depth
         if not 0 < d.min_depth < d.max_depth:

@@ -90,6 +90,35 @@ class DetectionTask(Task):
         self.monitor = ("segm_AP", "max") if self.model.has_masks else ("bbox_AP", "max")
 
     @classmethod
+    def check_sample(cls, sample: dict, data_info: dict) -> list[str]:
+        """Boxes inside the image with positive area, labels in range, one mask per box of the
+        image's size."""
+        image, boxes, labels = sample.get("image"), sample.get("boxes"), sample.get("labels")
+        if not isinstance(boxes, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            return ["no boxes or labels"]
+        problems = []
+        h, w = image.shape[-2:] if isinstance(image, torch.Tensor) else (None, None)
+        b = boxes.as_subclass(torch.Tensor).float().reshape(-1, 4)
+        if len(b) != len(labels):
+            problems.append(f"{len(b)} boxes but {len(labels)} labels")
+        flat = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+        if flat.any():
+            problems.append(f"{int(flat.sum())} box(es) of zero area, e.g. {b[flat][0].tolist()}")
+        if h is not None:
+            out = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w) | (b[:, 3] > h)
+            if out.any():
+                problems.append(f"{int(out.sum())} box(es) outside the {w}x{h} image, e.g. {b[out][0].tolist()}")
+        n = len(data_info["classes"])
+        bad = labels[(labels < 0) | (labels >= n)]
+        if bad.numel():
+            problems.append(f"labels {bad.tolist()[:10]} are outside 0..{n - 1}")
+        masks = sample.get("masks")
+        if isinstance(masks, torch.Tensor) and h is not None:
+            if masks.shape[0] != len(b) or tuple(masks.shape[-2:]) != (h, w):
+                problems.append(f"masks have shape {tuple(masks.shape)}, expected ({len(b)}, {h}, {w})")
+        return problems
+
+    @classmethod
     def from_config(cls, cfg, data_info: dict) -> "DetectionTask":
         h = cfg.model.head
         classes = data_info["classes"]

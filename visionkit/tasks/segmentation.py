@@ -54,6 +54,25 @@ class SegmentationTask(Task):
         }}
 
     @classmethod
+    def check_sample(cls, sample: dict, data_info: dict) -> list[str]:
+        """A label map of the image's size whose values are class ids or the ignore value."""
+        label, image = sample.get("semantic"), sample.get("image")
+        if not isinstance(label, torch.Tensor):
+            return ["no label map"]
+        problems = []
+        if isinstance(image, torch.Tensor) and tuple(label.shape[-2:]) != tuple(image.shape[-2:]):
+            problems.append(f"label map is {tuple(label.shape[-2:])} but the image is {tuple(image.shape[-2:])}")
+        n = len(data_info["classes"])
+        cfg = data_info.get("cfg")
+        ignore = cfg.model.head.ignore_index if cfg is not None else 255
+        values = label.unique()
+        bad = values[((values < 0) | (values >= n)) & (values != ignore)]
+        if bad.numel():
+            problems.append(f"label values {bad.tolist()[:10]} are neither class ids 0..{n - 1} nor the "
+                            f"ignore value {ignore}")
+        return problems
+
+    @classmethod
     def head_schema(cls) -> dict:
         return {
             "name": Field(str, "semantic_fpn", choices=HEADS),
