@@ -150,3 +150,18 @@ def test_data_check_validates_labels(tiny_cfg, monkeypatch):
     monkeypatch.setattr(ImageFolderDataset, "__getitem__", wrong_label)
     report = check_data(cfg)
     assert [e["problem"] for e in report["errors"]] == ["label 17 is outside 0..5"]
+
+
+def test_skip_in_evaluation_names_and_counts_the_bad_samples(make_config, bad_root, tmp_path):
+    root, bad, _ = bad_root
+    cfg = load_config(config(make_config, root, **{"data.on_error": "skip", "data.split.ratios": [1, 1, 0], "data.cache": False,
+                                                   "train.epochs": 1}))
+    trainer = Trainer(cfg, tmp_path / "e", log=lambda *a: None)
+    trainer.fit()
+    val = trainer.datasets["val"]
+    in_val = sorted(p for p in bad.values() if p in {val.base.samples[i][0] for i in val.indices})
+    assert in_val, "the split put no bad file into val; pick another split seed"
+    metrics = trainer.evaluate("val")
+    assert metrics["bad_samples"] == len(in_val)
+    logged = {r["path"] for r in read_jsonl(tmp_path / "e" / "bad_samples.jsonl")}
+    assert set(in_val) <= logged

@@ -70,7 +70,8 @@ class SplitView(Dataset):
     split, chosen by a hash of (seed, epoch, index, try) -- so batches keep their size and two
     runs stay equal, without drawing from any global RNG -- and each training item carries
     ``bad_samples``: the ``(path, reason)`` pairs it met, which the trainer writes to
-    ``bad_samples.jsonl``. Evaluation items that cannot be read are dropped (``None``).
+    ``bad_samples.jsonl``. Evaluation items that cannot be read become ``{"bad_samples": [...]}``
+    markers, which collation takes out of the batch (and the trainer logs).
     """
 
     def __init__(self, base: Dataset, indices: list[int] | None, transform: Callable, seed: int = 0,
@@ -98,8 +99,8 @@ class SplitView(Dataset):
         epoch, pos = item if isinstance(item, tuple) else (None, item)
         index = self.indices[pos]
         sample, bad = self._read(index)
-        if epoch is None:
-            return None if sample is None else self.transform(sample)
+        if epoch is None:  # evaluation: an unreadable sample is left out, but named
+            return {"bad_samples": [bad]} if sample is None else self.transform(sample)
         met = []
         for attempt in range(1, REPLACEMENT_TRIES + 1):
             if sample is not None:

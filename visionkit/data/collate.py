@@ -3,7 +3,8 @@
 A sample's singular keys become the batch's plural ones (``image`` -> ``images``, ``path`` ->
 ``paths``, ``index`` -> ``indices``; ``labels`` keeps its name). ``None`` samples -- images a
 data set skipped with ``on_error="skip"`` -- are dropped, so one bad file costs one sample,
-not the run.
+not the run; ``{"bad_samples": [...]}`` markers are dropped too, their entries gathered under
+the batch's ``bad_samples``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def collate_samples(samples: list[Optional[dict]]) -> Optional[dict]:
 
     All samples must carry the same keys (a data set produces them, so a mismatch is a bug).
     """
-    kept = [s for s in samples if s is not None]
+    # an evaluation sample that could not be read arrives as a {"bad_samples": [...]} marker
+    markers = [s["bad_samples"] for s in samples if s is not None and set(s) == {"bad_samples"}]
+    kept = [s for s in samples if s is not None and set(s) != {"bad_samples"}]
     if not kept:
-        return None
+        return {"bad_samples": markers} if markers else None
     keys = list(kept[0])
     for sample in kept[1:]:
         if set(sample) != set(keys):
@@ -51,4 +54,6 @@ def collate_samples(samples: list[Optional[dict]]) -> Optional[dict]:
             batch["paths"] = list(values)
         else:
             batch[_BATCH_NAMES.get(key, key)] = _stack_or_list(values)
+    if markers:
+        batch["bad_samples"] = list(batch.get("bad_samples", [])) + markers
     return batch

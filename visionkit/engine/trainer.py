@@ -511,7 +511,12 @@ class Trainer:
         evaluator = self.task.evaluator()
         evaluator.reset()
         vis = None
+        bad = []  # (path, reason) of the split's unreadable samples (data.on_error: skip)
         for batch in self.loader(split):
+            if isinstance(batch, dict) and "bad_samples" in batch:
+                bad += [x for group in batch.pop("bad_samples") for x in (group or [])]
+                if "images" not in batch:
+                    batch = None
             if batch is None:
                 continue
             batch = self.to_device(batch)
@@ -521,6 +526,12 @@ class Trainer:
             if vis is None and self.cfg.train.vis_images > 0:
                 vis = self.task.visualize(batch, preds, self.cfg.train.vis_images)
         metrics = evaluator.compute()
+        if bad:
+            metrics["bad_samples"] = float(len(bad))
+            if hasattr(self, "bad_log"):
+                self.bad_log.add([bad], self.epoch)
+            self.log(f"warning: {len(bad)} unreadable {split} sample(s) left out of the metrics, e.g. "
+                     f"'{bad[0][0]}' ({bad[0][1]})")
         self._last_vis = vis
         self.last_evaluator = evaluator
         return (metrics, evaluator.details()) if with_details else metrics
