@@ -452,14 +452,14 @@ class Trainer:
             if isinstance(batch, dict) and "bad_samples" in batch:
                 self.bad_log.add(batch.pop("bad_samples"), self.epoch)
                 self.counters["bad_samples"] = len(self.bad_log)
-            stepped = False
-            losses = None
+            stepped = finite = False
             if batch is not None:  # None: every sample of the batch was unreadable (on_error: skip)
                 batch = self.to_device(batch)
                 with self.autocast():
                     losses = self.task.loss(batch)
                 total = sum(losses.values())
-                if torch.isfinite(total):
+                finite = bool(torch.isfinite(total))
+                if finite:
                     self.nonfinite_streak = 0
                     self.scaler.scale(total / accum).backward()
                     pending = True
@@ -476,7 +476,7 @@ class Trainer:
                 self.global_step += 1
                 pending, stepped = False, True
             self.step_in_epoch = i + 1
-            if losses is not None and torch.isfinite(total):
+            if finite:
                 # .item() waits for the step's device work, so the step time covers it on a GPU
                 # too (read after the clock, a GPU's compute would be booked as the next step's
                 # data wait)
