@@ -31,6 +31,7 @@ from torchvision import tv_tensors
 
 from visionkit.data.build import SPLITS, Source
 from visionkit.data.datasets.folder import read_image
+from visionkit.data.datasets.sources import ShapesScenes
 from visionkit.data.datasets.synthetic import SHAPE_CLASSES, load_annotations, render_instance_masks
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS, SHAPES_VIEWS
@@ -232,20 +233,11 @@ def shapes_instances(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return boxes, labels, masks
 
 
-class ShapesInstances(Dataset):
+class ShapesInstances(ShapesScenes):
     """The shapes scenes with every visible object as an instance (several per image, overlapping)."""
 
-    def __init__(self, root: Path, channels: int = 3):
-        self.root, self.channels = Path(root), channels
-        self.records = load_annotations(root)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
     def __getitem__(self, index: int) -> dict:
-        rec = self.records[index]
-        path = self.root / rec["file"]
-        image = read_image(str(path), self.channels)
+        rec, path, image = self.scene(index)
         boxes, labels, masks = shapes_instances(rec)
         area = masks.reshape(len(masks), -1).sum(1)
         return instance_sample(image, boxes, labels, masks, np.zeros(len(labels), bool), area,

@@ -31,7 +31,8 @@ from torchvision import tv_tensors
 
 from visionkit.data.build import Source
 from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image
-from visionkit.data.datasets.synthetic import load_annotations, render_depth
+from visionkit.data.datasets.sources import ShapesScenes
+from visionkit.data.datasets.synthetic import render_depth
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS, SHAPES_VIEWS
 
@@ -181,21 +182,13 @@ def depth_pairs(cfg) -> Source:
     return Source(classes=[], pool=pool, targets=[0] * len(pool))
 
 
-class ShapesDepth(Dataset):
+class ShapesDepth(ShapesScenes):
     """The shapes scenes with the depth maps of their 3D layout (:func:`render_depth`)."""
 
-    def __init__(self, root: Path, channels: int = 3):
-        self.root, self.channels = Path(root), channels
-        self.records = load_annotations(root)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
     def __getitem__(self, i: int):
-        rec = self.records[i]
-        path = str(self.root / rec["file"])
+        rec, path, image = self.scene(i)
         depth = torch.from_numpy(render_depth(rec))
-        return {"image": read_image(path, self.channels), "depth": tv_tensors.Mask(depth), "path": path}
+        return {"image": image, "depth": tv_tensors.Mask(depth), "path": path}
 
 
 @SHAPES_VIEWS.register("depth")

@@ -18,7 +18,6 @@ a class id or the ignore value, else a DataError names the file and the values f
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from torchvision import tv_tensors
 
 from visionkit.data.build import Source
 from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image
+from visionkit.data.datasets.sources import ShapesScenes
 from visionkit.data.datasets.synthetic import SHAPE_CLASSES, render_semantic
 from visionkit.errors import ConfigError, DataError
 from visionkit.registry import DATASETS, SHAPES_VIEWS
@@ -238,21 +238,15 @@ def segmentation_folder(cfg) -> Source:
     return Source(classes=list(s.classes), pool=pool, targets=[0] * len(pool), info=info)
 
 
-class ShapesSemantic(Dataset):
+class ShapesSemantic(ShapesScenes):
     """The ``shapes`` scenes with class maps rendered from their annotations (exact to the pixel)."""
 
-    def __init__(self, root: Path, records: list[dict], channels: int, ignore_index: int,
-                 ignore_boundaries: bool):
-        self.root, self.records, self.channels = root, records, channels
+    def __init__(self, root: Path, channels: int, ignore_index: int, ignore_boundaries: bool):
+        super().__init__(root, channels)
         self.ignore_index, self.ignore_boundaries = ignore_index, ignore_boundaries
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     def __getitem__(self, index: int) -> dict:
-        rec = self.records[index]
-        path = str(self.root / rec["file"])
-        image = read_image(path, self.channels)
+        rec, path, image = self.scene(index)
         semantic = render_semantic(rec, self.ignore_index, ignore_boundaries=self.ignore_boundaries)
         return {"image": image, "semantic": tv_tensors.Mask(torch.from_numpy(semantic)), "path": path,
                 "index": index}
@@ -262,18 +256,13 @@ class ShapesSemantic(Dataset):
 def shapes_segmentation(cfg, root: Path) -> Source:
     """Class 0 = background, 1..6 = the shape kinds (``SHAPES_SEGMENTATION_CLASSES``); split
     stratified by each scene's main shape, as classification splits it."""
-    path = root / "annotations.json"
-    try:
-        records = json.loads(path.read_text())["images"]
-    except (OSError, KeyError, ValueError) as e:
-        raise DataError(f"cannot read '{path}' ({e}); delete {root} to regenerate it") from None
     s = cfg.data.segmentation
     classes = list(SHAPES_SEGMENTATION_CLASSES)
     if s.classes and list(s.classes) != classes:
         raise ConfigError(f"{cfg.source}: the shapes data set's classes are {classes}; "
                           "set data.segmentation.classes to null")
-    pool = ShapesSemantic(root, records, cfg.data.channels, cfg.model.head.ignore_index, s.ignore_boundaries)
-    return Source(classes=classes, pool=pool, targets=[r["label"] for r in records],
+    pool = ShapesSemantic(root, cfg.data.channels, cfg.model.head.ignore_index, s.ignore_boundaries)
+    return Source(classes=classes, pool=pool, targets=[r["label"] for r in pool.records],
                   info={"palette": parse_palette(s.palette, len(classes))})
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from visionkit.data.build import Source
-from visionkit.data.datasets.folder import ImageFolderDataset, has_own_splits, split_roots
-from visionkit.data.datasets.synthetic import SHAPE_CLASSES, ensure_shapes
+from visionkit.data.datasets.folder import ImageFolderDataset, has_own_splits, read_image, split_roots
+from visionkit.data.datasets.synthetic import SHAPE_CLASSES, ensure_shapes, load_annotations
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS, SHAPES_VIEWS
 
@@ -46,6 +45,24 @@ class MultiHotLabels(Dataset):
         return sample
 
 
+class ShapesScenes(Dataset):
+    """The shapes scenes of a generated root, one record of ``annotations.json`` per item: the
+    base of the views that give detection, segmentation and depth their targets."""
+
+    def __init__(self, root: Path, channels: int = 3):
+        self.root, self.channels = Path(root), channels
+        self.records = load_annotations(root)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def scene(self, index: int) -> tuple[dict, str, torch.Tensor]:
+        """The record, image path and decoded image of scene ``index``."""
+        rec = self.records[index]
+        path = str(self.root / rec["file"])
+        return rec, path, read_image(path, self.channels)
+
+
 @DATASETS.register("shapes")
 def shapes(cfg) -> Source:
     """The built-in synthetic scenes (generated into ``data.root`` on first use).
@@ -62,11 +79,7 @@ def shapes(cfg) -> Source:
     pool = ImageFolderDataset(root, channels=d.channels, on_error=d.on_error)
     src = Source(classes=pool.classes, pool=pool, targets=pool.targets)
     if cfg.model.get("head", {}).get("multi_label"):
-        ann_path = Path(root) / "annotations.json"
-        try:
-            images = json.loads(ann_path.read_text())["images"]
-        except (OSError, KeyError, ValueError) as e:
-            raise DataError(f"cannot read '{ann_path}' ({e}); delete {root} to regenerate it") from None
+        images = load_annotations(root)
         # annotation kinds index SHAPE_CLASSES; folder labels index the sorted folder names
         to_label = {k: pool.classes.index(name) for k, name in enumerate(SHAPE_CLASSES)}
         by_file = {im["file"]: sorted({to_label[o["kind"]] for o in im["objects"]}) for im in images}

@@ -213,8 +213,13 @@ def render_depth(image_annotation: dict) -> np.ndarray:
 
 
 def load_annotations(root: str | Path) -> list[dict]:
-    """The per-image records of a generated root, in image-id order."""
-    return json.loads((Path(root) / "annotations.json").read_text())["images"]
+    """The per-image records of a generated root, in image-id order; a missing or damaged
+    ``annotations.json`` is a :class:`DataError` naming it."""
+    path = Path(root) / "annotations.json"
+    try:
+        return json.loads(path.read_text())["images"]
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"cannot read '{path}' ({e}); delete {root} to regenerate it") from None
 
 
 # ---------------------------------------------------------------------------------------------
