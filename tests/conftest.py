@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -11,6 +15,26 @@ from visionkit import load_config
 from visionkit.data.datasets.synthetic import generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """``python -m visionkit ARGS`` as a user runs it: a subprocess, from the repository root
+    unless ``cwd`` is given, with ``env`` added to the environment."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "visionkit", *map(str, args)], check=False, capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=full_env, timeout=timeout)
+
+
+def write_colour_classes(root: Path, per_class: int, rng) -> None:
+    """An ImageFolder of three easily told classes (noisy blue, green, red 32 px PNGs)."""
+    from PIL import Image
+
+    for c, name in enumerate(["blue", "green", "red"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            px = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
+            px[:, :, 2 - c] += 120
+            Image.fromarray(px).save(root / name / f"{i:03d}.png")
 
 
 @pytest.fixture(scope="session")
@@ -24,17 +48,8 @@ def shapes_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def easy_root(tmp_path_factory) -> Path:
     """An ImageFolder of three easily told classes (noisy red, green, blue squares), 32 px PNGs."""
-    import numpy as np
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("data") / "easy"
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["blue", "green", "red"]):
-        (root / name).mkdir(parents=True)
-        for i in range(40):
-            px = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
-            px[:, :, 2 - c] += 120
-            Image.fromarray(px).save(root / name / f"{i:03d}.png")
+    write_colour_classes(root, 40, np.random.default_rng(0))
     return root
 
 

@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from visionkit.data.collate import collate_samples
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 
+from conftest import run_cli as _run
 from conftest import tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +74,6 @@ def test_a_training_step_on_backbone_families(shapes_root, tmp_path, backbone, d
     assert pred.shape == (8, 32, 32) and pred.min() >= 1.0 and pred.max() <= 16.0
 
 
-def _run(*args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "visionkit", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=600)
 
 
 def test_cli_train_eval_predict_write_depth_files(shapes_root, tmp_path):

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_cli
 
 
 def run(*args, cwd=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "visionkit", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd or ROOT, env=env, timeout=600)
+    return run_cli(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
 
 
 def tiny_detection_config(tmp_path, root, dataset="shapes", name="mask_rcnn") -> Path:

@@ -4,15 +4,13 @@ CLI end to end (train, eval, predict writing palette PNGs)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_cli as run
 from PIL import Image
 
 from visionkit import load_config
@@ -21,7 +19,6 @@ from visionkit.models.backbones import resnet  # noqa: F401  (registers)
 from visionkit.registry import BACKBONES, TASKS
 from visionkit.tasks.segmentation import SegmentationTask
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["bg", "a", "b"]
 
 
@@ -149,10 +146,6 @@ def test_head_that_cannot_fit_the_backbone_names_both(tmp_path, shapes_root):
         TASKS.get("segmentation").from_config(cfg, {"classes": CLASSES})
 
 
-def run(*args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "visionkit", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=600)
 
 
 def test_cli_train_eval_predict_writes_palette_pngs(tmp_path, shapes_root):

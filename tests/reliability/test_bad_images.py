@@ -14,6 +14,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import write_colour_classes
 from PIL import Image
 from relhelp import read_jsonl, run_cli
 
@@ -38,12 +39,7 @@ def bad_root(tmp_path_factory):
     """Three colour classes of 12 good 32 px images each, plus every kind of awkward file."""
     root = tmp_path_factory.mktemp("bad") / "images"
     rng = np.random.default_rng(0)
-    for c, name in enumerate(["blue", "green", "red"]):
-        (root / name).mkdir(parents=True)
-        for i in range(12):
-            px = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
-            px[:, :, 2 - c] += 120
-            Image.fromarray(px).save(root / name / f"{i:03d}.png")
+    write_colour_classes(root, 12, rng)
     px = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(px).save(root / "red" / "full.jpg", quality=90)
     data = (root / "red" / "full.jpg").read_bytes()
