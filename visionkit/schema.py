@@ -175,6 +175,8 @@ def base_schema() -> dict:
             "accumulate": Field(int, 1, min=1),
             "clip_grad_norm": Field(float, None, nullable=True, min=0),
             "seed": Field(int, 0),
+            "deterministic": Field(bool, False, help="deterministic CUDA kernels (bitwise-repeatable "
+                                   "GPU runs, can be slower)"),
             "optimizer": {
                 "name": Field(str, "sgd", choices=("sgd", "adam", "adamw")),
                 "lr": Field(float, 0.1, min=0),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+import torch
 from relhelp import Paused, assert_bitwise_equal, read_jsonl, run_cli, weights
 
 
@@ -16,11 +17,17 @@ def train_losses(run_dir):
     return [(r["step"], r["loss"]) for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "train"]
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(cli_config, tmp_path):
+ON_CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(cli_config, tmp_path, device):
     # 6 batches per epoch; mid-epoch checkpoints every 2 optimizer steps (2, 4, 8, 10; 6 and 12
     # are epoch ends). The kill strikes after step 9, so the resume starts from step 8, batch 2 of
-    # epoch 2, and must redo step 9 exactly as the killed process did.
-    cfg = cli_config(**{"train.checkpoint_every_steps": 2})
+    # epoch 2, and must redo step 9 exactly as the killed process did. On CUDA the dropout draws
+    # from the CUDA generator, whose state the checkpoint must restore too.
+    cfg = cli_config(**{"train.checkpoint_every_steps": 2, "train.device": device,
+                        "train.deterministic": device == "cuda"})
     full = tmp_path / "full"
     r = run_cli("train", cfg, "--run-dir", full)
     assert r.returncode == 0, r.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import re
 import signal
@@ -59,6 +60,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def use_deterministic_kernels(on: bool) -> None:
+    """``train.deterministic``: the same run gives the same bits on a GPU too.
+
+    cuDNN's autotuner and some CUDA kernels (atomic adds in backward passes) differ from run to run;
+    this picks deterministic ones, which can be slower. cuBLAS needs a fixed workspace for that, set
+    through its environment variable before the first matrix product. Ops with no deterministic CUDA
+    kernel (RoIAlign's backward among them) warn rather than stop the run.
+    """
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def rng_state() -> dict:
@@ -114,6 +131,7 @@ class Trainer:
         self.resume_path, self.run_dir = self._locate(run_dir, resume, checkpoint)
         self.extra_hooks = list(hooks or [])
         seed_everything(cfg.train.seed)
+        use_deterministic_kernels(cfg.train.deterministic)
 
         if checkpoint is None:
             self._check_run_dir()  # refuse to clobber before anything is read
