@@ -51,9 +51,10 @@ def test_quick_run_has_every_selected_row_with_sane_numbers(tmp_path, capsys, mo
             assert r["details"]["threads"] == 1 and r["details"]["repeats"] >= 1
     flops = by_bench["flops"][0]
     assert flops["details"]["gflop_per_step"] > 0 and flops["ours"] < 5 * flops["baseline"]
-    mem = by_bench["memory"][0]
+    mem, mem_det = by_bench["memory"]
     # a training run holds at least the libraries (> 100 MiB) and far less than 2 GiB here
     assert 0.1 < mem["ours"] < 2 and mem["met"] is True and mem["details"]["processes"] >= 1
+    assert "Mask R-CNN" in mem_det["figure"] and 0.1 < mem_det["ours"] < 4 and mem_det["target"] == "<= 4"
     # rows that cannot be measured here say why instead of showing numbers
     for name in ("coco_eval", "gpu"):
         for r in by_bench[name]:
