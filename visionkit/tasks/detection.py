@@ -23,7 +23,8 @@ from visionkit.data.datasets import coco as _coco  # noqa: F401  (registers the 
 from visionkit.data.detection_transforms import detection_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.coco import CocoEvaluator, _rle
-from visionkit.evaluation.coco_backend import BACKENDS, resolve as resolve_backend
+from visionkit.evaluation.coco_backend import BACKENDS
+from visionkit.evaluation.coco_backend import resolve as resolve_backend
 from visionkit.models.backbones.base import BackboneBuildError
 from visionkit.models.build import build_backbone
 from visionkit.models.heads.rcnn import RCNN, VARIANTS, RCNNSettings
