@@ -25,7 +25,7 @@ import numpy as np
 from visionkit.bench import common
 from visionkit.registry import BENCHMARKS
 
-FIGURE = "6 COCO evaluation (5,000 images x 20 detections, boxes + masks) vs pycocotools COCOeval"
+FIGURE = "6 COCO evaluation ({:,} images x 20 detections, boxes + masks) vs pycocotools COCOeval"
 TARGET = ">= 3 (every AP equal within 1e-4)"
 TOLERANCE = 1e-4
 WIDTH, HEIGHT, CATEGORIES = 640, 480, 10
@@ -159,8 +159,8 @@ def coco_eval(quick: bool, images: int | None = None, repeats: int | None = None
                           ours_seconds=t_ours, baseline_seconds=t_base, setup_seconds=round(setup, 2),
                           bbox_stats=got["base"]["bbox"][0].round(4).tolist(),
                           segm_stats=got["base"]["segm"][0].round(4).tolist())
-    r = common.row(FIGURE, images / common.median(t_ours), images / common.median(t_base), TARGET,
-                   "images/s", info,
+    r = common.row(FIGURE.format(images), images / common.median(t_ours),
+                   images / common.median(t_base), TARGET, "images/s", info,
                    note=f"max |AP difference| over the 24 stats: {stats_diff:.2g} (tolerance {TOLERANCE:g})")
     if stats_diff > TOLERANCE:
         r["met"] = False
