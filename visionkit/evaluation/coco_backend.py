@@ -96,11 +96,12 @@ def _load_results(gt, coco_cls, mask_api, results: list[dict], iou_type: str):
 def evaluate(ground_truth: dict, results: list[dict], iou_type: str, backend: str = "auto",
              threads: int = 1) -> CocoScore:
     """Score ``results`` (COCO results-format dicts) against ``ground_truth`` (a COCO dataset
-    dict) for ``iou_type`` ``bbox`` or ``segm``: loadRes, evaluate, accumulate, summarize.
+    dict) for ``iou_type`` ``bbox`` or ``segm``: load the results (as loadRes), evaluate,
+    accumulate, summarize.
 
     For ``segm`` the results' ``bbox`` is replaced by the mask's, as loadRes would otherwise take
-    the box's area instead of the mask's for the small/medium/large ranges. ``threads`` bounds faster-coco-eval's
-    mask-IoU worker threads (pycocotools has none).
+    the box's area instead of the mask's for the small/medium/large ranges. ``threads`` bounds
+    faster-coco-eval's mask-IoU worker threads (pycocotools has none).
     """
     backend = resolve(backend)
     if backend == "pycocotools":
