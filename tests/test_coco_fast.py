@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 
 from visionkit import load_config
 from visionkit.bench.coco_eval import coco_eval, pycocotools_stats, synthetic
-from visionkit.errors import ConfigError
+from visionkit.errors import ConfigError, DataError
 from visionkit.evaluation import coco_backend
 from visionkit.evaluation.coco import CocoEvaluator
 
@@ -151,6 +151,15 @@ def test_backends_agree_on_the_trainers_tensor_path():
         assert out["faster_coco_eval"][0][key] == pytest.approx(value, abs=TOL), key
     assert out["pycocotools"][1]["segm_per_class_AP"] == pytest.approx(
         out["faster_coco_eval"][1]["segm_per_class_AP"], abs=TOL)
+
+
+def test_results_for_unknown_images_are_a_named_error():
+    dataset, results = edge_cases()
+    results.append({**results[0], "image_id": 99})
+    with pytest.raises(DataError, match=r"image ids \[99\]"):
+        scored(dataset, results, "auto")
+    with pytest.raises(DataError, match=r"category ids \[7\]"):
+        scored(dataset, [{**results[0], "category_id": 7}], "auto")
 
 
 def test_auto_falls_back_to_pycocotools_and_a_missing_fast_package_is_a_config_error(monkeypatch):

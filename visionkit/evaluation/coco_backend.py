@@ -58,10 +58,15 @@ def _quiet(*_args, **_kw) -> None:
     pass
 
 
+def _chunked(fn, rles: list[dict]) -> np.ndarray:
+    parts = [fn(rles[i:i + 255]) for i in range(0, len(rles), 255)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def _load_results(gt, coco_cls, mask_api, results: list[dict], iou_type: str):
     """What ``gt.loadRes(results)`` builds for box or mask results, with the masks' areas and
     boxes worked out in one call over all of them instead of one call per result (loadRes's
-    Python loop over pycocotools' mask API was a fifth of the fast backend's time).
+    Python loop over the mask API took a quarter of the fast backend's time).
 
     As loadRes: ids 1..N in order, ``iscrowd`` 0, ``area`` the box's (bbox) or the mask's
     (segm, whose box is the mask's bounding box), the ground truth's images and categories.
@@ -74,8 +79,7 @@ def _load_results(gt, coco_cls, mask_api, results: list[dict], iou_type: str):
         rles = [r["segmentation"] for r in results]
         # pycocotools 2.0.11's area() fails on lists of more than 255 masks (its length goes
         # through a uint8 array under numpy 2), so both APIs are fed chunks of 255
-        areas = np.concatenate([mask_api.area(rles[i:i + 255]) for i in range(0, len(rles), 255)])
-        boxes = np.concatenate([mask_api.toBbox(rles[i:i + 255]) for i in range(0, len(rles), 255)])
+        areas, boxes = _chunked(mask_api.area, rles), _chunked(mask_api.toBbox, rles)
         anns = [{**{k: v for k, v in r.items() if k != "bbox"}, "area": areas[i], "bbox": boxes[i],
                  "id": i + 1, "iscrowd": 0} for i, r in enumerate(results)]
     else:
