@@ -41,9 +41,11 @@ def test_train_eval_predict_end_to_end(tmp_path, shapes_root):
 
     out = tmp_path / "eval.json"
     ckpt = run_dir / "checkpoints" / "best.pt"
-    r = run("eval", cfg, "--checkpoint", ckpt, "--split", "test", "--output", out)
+    r = run("eval", cfg, "--checkpoint", ckpt, "--split", "test", "--output", out,
+            "data.coco_eval.backend=pycocotools")
     assert r.returncode == 0, r.stderr
     record = json.loads(out.read_text())
+    assert record["coco_backend"] == "pycocotools"  # the override reached the evaluator
     assert record["samples"] == 8 and 0 <= record["metrics"]["bbox_AP"] <= 1
     assert set(record["bbox_per_class_AP"]) <= {"circle", "crescent", "cross", "square", "star", "triangle"}
     assert (tmp_path / "detections_test.json").exists() and record["files"]

@@ -77,10 +77,11 @@ def _row(figure, ours, baseline, target, unit, info) -> dict:
 
 
 @BENCHMARKS.register("detection")
-def detection(quick: bool) -> list[dict]:
+def detection(quick: bool, batch_size: int = 8, repeats: int | None = None) -> list[dict]:
+    """``batch_size`` and ``repeats`` (8 and 8; quick: 3 repeats) shrink it for tests."""
     from visionkit.data.datasets.synthetic import generate_shapes
 
-    batch_size, repeats = 8, (3 if quick else 8)
+    repeats = repeats or (3 if quick else 8)
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_shapes(Path(tmp) / "shapes", num_images=64, size=64, seed=0)
         ours, cfg = _task(root, {}, Path(tmp))

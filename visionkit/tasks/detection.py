@@ -23,6 +23,8 @@ from visionkit.data.datasets import coco as _coco  # noqa: F401  (registers the 
 from visionkit.data.detection_transforms import detection_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.coco import CocoEvaluator, _rle
+from visionkit.evaluation.coco_backend import BACKENDS
+from visionkit.evaluation.coco_backend import resolve as resolve_backend
 from visionkit.models.backbones.base import BackboneBuildError
 from visionkit.models.build import build_backbone
 from visionkit.models.heads.rcnn import RCNN, VARIANTS, RCNNSettings
@@ -74,9 +76,19 @@ class DetectionTask(Task):
             "vis_score": Field(float, 0.5, min=0, max=1, help="least score drawn and printed"),
         }
 
+    @classmethod
+    def data_schema(cls) -> dict:
+        """``data.coco_eval.backend``: which COCOeval scores the split (same numbers, see
+        :mod:`visionkit.evaluation.coco_backend`)."""
+        return {"coco_eval": {
+            "backend": Field(str, "auto", choices=BACKENDS,
+                             help="auto: faster_coco_eval when installed, else pycocotools (same AP)"),
+        }}
+
     def __init__(self, backbone, classes: list[str], *, variant: str = "mask_rcnn",
                  settings: RCNNSettings | None = None, mean=(0.5,) * 3, std=(0.25,) * 3,
-                 category_ids: list[int] | None = None, mask_threshold: float = 0.5, vis_score: float = 0.5):
+                 category_ids: list[int] | None = None, mask_threshold: float = 0.5, vis_score: float = 0.5,
+                 coco_backend: str = "auto"):
         super().__init__()
         self.classes = list(classes)
         self.category_ids = list(category_ids or range(1, len(self.classes) + 1))
@@ -87,6 +99,7 @@ class DetectionTask(Task):
                           register_backbone=False)
         self.variant = variant
         self.mask_threshold, self.vis_score = mask_threshold, vis_score
+        self.coco_backend = coco_backend
         self.monitor = ("segm_AP", "max") if self.model.has_masks else ("bbox_AP", "max")
 
     @classmethod
@@ -131,11 +144,16 @@ class DetectionTask(Task):
         if kw["max_size"] < kw["min_size"]:
             raise ConfigError(f"{cfg.source}: 'model.head.max_size' ({kw['max_size']}) is below "
                               f"min_size ({kw['min_size']})")
+        try:  # checked before the model is built: a missing package is a config error, not a late crash
+            coco_backend = resolve_backend(cfg.data.coco_eval.backend)
+        except ConfigError as e:
+            raise ConfigError(f"{cfg.source}: {e}") from None
         backbone = build_backbone(cfg)
         try:
             return cls(backbone, classes, variant=h.name, settings=RCNNSettings(**kw), mean=cfg.data.mean,
                        std=cfg.data.std, category_ids=data_info.get("category_ids"),
-                       mask_threshold=h.mask_threshold, vis_score=h.vis_score)
+                       mask_threshold=h.mask_threshold, vis_score=h.vis_score,
+                       coco_backend=coco_backend)
         except BackboneBuildError as e:
             raise ConfigError(f"{cfg.source}: {h.name} on {cfg.model.backbone.name}: {e}") from None
 
@@ -190,7 +208,8 @@ class DetectionTask(Task):
         return out
 
     def evaluator(self):
-        return CocoEvaluator(self.classes, self.category_ids, masks=self.model.has_masks)
+        return CocoEvaluator(self.classes, self.category_ids, masks=self.model.has_masks,
+                             backend=self.coco_backend)
 
     # -- outputs -------------------------------------------------------------------------------
     def _shown(self, pred: dict) -> torch.Tensor:
