@@ -49,6 +49,17 @@ def quiet(*_):
     pass
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process (a subprocess per call costs ~10 s on a loaded machine); the
+    tests below still run one real subprocess each."""
+    from visionkit.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("task,over", [("classification", {}), ("segmentation", SEG), ("depth", DEPTH)])
 def test_each_dense_task_exports_and_verifies_at_batch_1_and_3_and_a_second_size(
@@ -128,21 +139,26 @@ def _predictions(path: Path) -> list[dict]:
     return json.loads((path / "predictions.json").read_text())
 
 
-def test_predict_from_onnx_matches_predict_from_the_checkpoint(make_config, tmp_path, shapes_root):
+def test_predict_from_onnx_matches_predict_from_the_checkpoint(make_config, tmp_path, shapes_root, capsys):
     images = sorted((shapes_root / "images").glob("*.png"))[:3] if (shapes_root / "images").exists() \
         else sorted(shapes_root.rglob("*.png"))[:3]
     for name, over in (("cls", {}), ("seg", SEG), ("depth", DEPTH)):
         cfg = make_config(f"{name}.yaml", **over)
         ckpt = checkpoint(cfg, seed=1)
         model = tmp_path / f"{name}.onnx"
-        r = run_cli("export", cfg, "--checkpoint", ckpt, "--format", "onnx", "--out", model, "--dynamic",
-                    env=ENV)
-        assert r.returncode == 0, r.stderr
+        code, out, err = cli(capsys, "export", cfg, "--checkpoint", ckpt, "--format", "onnx", "--out", model,
+                             "--dynamic")
+        assert code == 0 and f"wrote {model}" in out, err
         a, b = tmp_path / f"{name}_ckpt", tmp_path / f"{name}_onnx"
-        r1 = run_cli("predict", cfg, *images, "--checkpoint", ckpt, "--out", a, env=ENV)
-        r2 = run_cli("predict", model, *images, "--out", b, env=ENV)
-        assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
-        assert r1.stdout.splitlines()[:3] == r2.stdout.splitlines()[:3]  # the same printed lines
+        code, out1, err = cli(capsys, "predict", cfg, *images, "--checkpoint", ckpt, "--out", a)
+        assert code == 0, err
+        if name == "cls":  # once as a user runs it: a subprocess without the config
+            r = run_cli("predict", model, *images, "--out", b, env=ENV)
+            code, out2, err = r.returncode, r.stdout, r.stderr
+        else:
+            code, out2, err = cli(capsys, "predict", model, *images, "--out", b)
+        assert code == 0, err
+        assert out1.splitlines()[:3] == out2.splitlines()[:3]  # the same printed lines
         ref, got = _predictions(a), _predictions(b)
         assert [r["path"] for r in ref] == [r["path"] for r in got]
         for x, y in zip(ref, got):
@@ -178,7 +194,7 @@ def test_predict_from_onnx_detection_matches_the_checkpoint(make_config, tmp_pat
             assert abs(e["mask_area"] - d["mask_area"]) <= 2
 
 
-def test_bad_input_is_named(make_config, tmp_path):
+def test_bad_input_is_named(make_config, tmp_path, capsys):
     cfg = make_config("c.yaml")
     r = run_cli("export", cfg, "--checkpoint", tmp_path / "missing.pt", "--format", "onnx", "--out",
                 tmp_path / "m.onnx", env=ENV)
@@ -194,10 +210,13 @@ def test_bad_input_is_named(make_config, tmp_path):
     not_ours = tmp_path / "plain.onnx"
     torch.onnx.export(torch.nn.Conv2d(3, 1, 1), (torch.rand(1, 3, 8, 8),), str(not_ours), dynamo=False,
                       input_names=["images"])
-    r = run_cli("predict", not_ours, tmp_path, env=ENV)
-    assert r.returncode == 1 and "has no visionkit metadata" in r.stderr
-    r = run_cli("predict", cfg, tmp_path, env=ENV)
-    assert r.returncode == 2 and "predict needs --checkpoint" in r.stderr
+    code, _, err = cli(capsys, "predict", not_ours, tmp_path)
+    assert code == 1 and "has no visionkit metadata" in err
+    code, _, err = cli(capsys, "predict", cfg, tmp_path)
+    assert code == 2 and "predict needs --checkpoint" in err
+    with pytest.raises(SystemExit) as usage:  # argparse: usage error, exit 2
+        cli(capsys, "export", cfg, "--checkpoint", ckpt, "--out", tmp_path / "x.onnx")
+    assert usage.value.code == 2 and "--format" in capsys.readouterr().err
     # a static export refuses other image sizes by name
     static = tmp_path / "seg_static.onnx"
     export(other, checkpoint(other), "onnx", static, log=quiet)
@@ -205,5 +224,5 @@ def test_bad_input_is_named(make_config, tmp_path):
 
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(big)
-    r = run_cli("predict", static, big, env=ENV)
-    assert r.returncode == 1 and "exported for 32x32 images" in r.stderr and "--dynamic" in r.stderr
+    code, _, err = cli(capsys, "predict", static, big)
+    assert code == 1 and "exported for 32x32 images" in err and "--dynamic" in err
