@@ -226,3 +226,10 @@ def test_bad_input_is_named(make_config, tmp_path, capsys):
     Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(big)
     code, _, err = cli(capsys, "predict", static, big)
     assert code == 1 and "exported for 32x32 images" in err and "--dynamic" in err
+
+
+def test_benchmark_lists_the_onnx_runtime_row(capsys):
+    from visionkit.cli import main
+
+    assert main(["benchmark", "--list"]) == 0
+    assert "onnx_runtime" in capsys.readouterr().out
