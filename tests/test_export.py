@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from conftest import run_cli
+
+onnx = pytest.importorskip("onnx")  # the [export] extra
 
 from visionkit import load_config
 from visionkit.data.build import build_source
@@ -202,6 +203,8 @@ def test_bad_input_is_named(make_config, tmp_path, capsys):
     ckpt = checkpoint(cfg)
     with pytest.raises(ConfigError, match="unknown export format 'tflite'; choose one of: onnx, torchscript"):
         export(cfg, ckpt, "tflite", tmp_path / "m.tflite", log=quiet)
+    with pytest.raises(ConfigError, match="--opset 9 is too old: the exported graphs need opset 11"):
+        export(cfg, ckpt, "onnx", tmp_path / "m.onnx", opset=9, log=quiet)
     with pytest.raises(ConfigError, match="--opset applies to --format onnx only"):
         export(cfg, ckpt, "torchscript", tmp_path / "m.pt", opset=13, log=quiet)
     other = make_config("seg.yaml", **SEG)

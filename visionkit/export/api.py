@@ -41,6 +41,12 @@ def export(config, checkpoint, fmt: str, out, *, opset: int | None = None, dynam
         formats.require_onnx()
     if opset is not None and fmt != "onnx":
         raise ConfigError("--opset applies to --format onnx only")
+    if opset is not None and opset < formats.MIN_OPSET:
+        raise ConfigError(f"--opset {opset} is too old: the exported graphs need opset {formats.MIN_OPSET} or "
+                          f"newer (default {formats.DEFAULT_OPSET})")
+    if opset is not None and opset > formats.MAX_OPSET:
+        raise ConfigError(f"--opset {opset} is newer than torch's exporter writes ({formats.MAX_OPSET}); "
+                          f"use {formats.MIN_OPSET}..{formats.MAX_OPSET}")
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}")
     cfg = api._cfg(config, overrides)

@@ -27,6 +27,10 @@ from visionkit.errors import CheckpointError, ConfigError
 FORMATS = ("onnx", "torchscript")
 EXTRA_FILE = "visionkit.json"
 DEFAULT_OPSET = 17
+# opset 9/10: detection stops on Pad with non-constant sizes, and segmentation exports but its
+# bilinear resize computes other values (max abs error ~2 in the logits, caught by --verify)
+MIN_OPSET = 11
+MAX_OPSET = 23  # the newest opset torch 2.14's exporter writes (torch.onnx._constants.ONNX_MAX_OPSET)
 
 
 def require_onnx():
