@@ -113,6 +113,9 @@ def cases(task_name: str, images: list[torch.Tensor], dynamic: bool, export_size
         if len(same) > 1:
             out.append((f"images {h}x{w} batch {len(same)}", same))
     if dynamic and task_name != "classification":
+        # sample images of other sizes (real data sets), one by one
+        out += [(f"image {i} {im.shape[-2]}x{im.shape[-1]} batch 1", [im]) for i, im in enumerate(images)
+                if tuple(im.shape[-2:]) != tuple(export_size)]
         # a second size through the same file: +32 px keeps strides of 32 aligned
         size = (h + 32, w + 32)
         grown = [F.interpolate(im[None].float(), size=size, mode="bilinear", align_corners=False)[0]
