@@ -231,8 +231,20 @@ def test_bad_input_is_named(make_config, tmp_path, capsys):
     assert code == 1 and "exported for 32x32 images" in err and "--dynamic" in err
 
 
-def test_benchmark_lists_the_onnx_runtime_row(capsys):
+def test_benchmark_row_10_runs_quick(capsys, tmp_path, monkeypatch):
     from visionkit.cli import main
 
+    monkeypatch.setenv("VISIONKIT_BENCH_TMP", str(tmp_path))
     assert main(["benchmark", "--list"]) == 0
     assert "onnx_runtime" in capsys.readouterr().out
+    threads = torch.get_num_threads()
+    try:
+        assert main(["benchmark", "--quick", "--threads", "1", "--only", "onnx_runtime",
+                     "--out", str(tmp_path / "b.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["details"]["batch"] for r in rows] == [1, 4]
+    for r in rows:  # timings are not asserted (the machine's speed is not the code's)
+        assert r["ours"] > 0 and r["baseline"] > 0 and r["details"]["max_abs_logit_difference"] < 1e-4
+    assert rows[0]["target"] == ">= 1.3" and rows[0]["met"] in (True, False)
