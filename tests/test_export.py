@@ -143,9 +143,15 @@ def _predictions(path: Path) -> list[dict]:
 def test_predict_from_onnx_matches_predict_from_the_checkpoint(make_config, tmp_path, shapes_root, capsys):
     images = sorted((shapes_root / "images").glob("*.png"))[:3] if (shapes_root / "images").exists() \
         else sorted(shapes_root.rglob("*.png"))[:3]
+    from visionkit import api
+
     for name, over in (("cls", {}), ("seg", SEG), ("depth", DEPTH)):
         cfg = make_config(f"{name}.yaml", **over)
-        ckpt = checkpoint(cfg, seed=1)
+        if name == "cls":  # a checkpoint as training writes it (manifest, split.json beside it)
+            api.train(cfg, ["train.epochs=1"], run_dir=tmp_path / "run", log=quiet)
+            ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+        else:
+            ckpt = checkpoint(cfg, seed=1)
         model = tmp_path / f"{name}.onnx"
         code, out, err = cli(capsys, "export", cfg, "--checkpoint", ckpt, "--format", "onnx", "--out", model,
                              "--dynamic")
