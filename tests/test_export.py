@@ -12,8 +12,6 @@ import pytest
 import torch
 from conftest import run_cli
 
-onnx = pytest.importorskip("onnx")  # the [export] extra
-
 from visionkit import load_config
 from visionkit.data.build import build_source
 from visionkit.engine.checkpoint import FORMAT
@@ -23,6 +21,9 @@ from visionkit.export.formats import Runner
 from visionkit.export.graph import read_metadata
 from visionkit.export.verify import VerificationError
 from visionkit.registry import TASKS
+
+onnx = pytest.importorskip("onnx")  # the [export] extra (in [dev])
+pytest.importorskip("onnxruntime")
 
 ENV = {"OMP_NUM_THREADS": "1"}
 SEG = {"task": "segmentation", "model.backbone.name": "resnet18_w32",

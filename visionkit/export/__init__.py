@@ -7,6 +7,8 @@ exported ONNX files without the training config.
   (``_extra_files``) files, and a common runner for both.
 - :mod:`visionkit.export.verify`: compare an exported file with PyTorch eager on the config's images.
 - :mod:`visionkit.export.runtime`: ``visionkit predict MODEL.onnx`` through onnxruntime.
+- :mod:`visionkit.export.api` / :mod:`visionkit.export.cli`: the ``visionkit export`` function and
+  its arguments (this package imports neither torch nor onnx until a command runs).
 """
 
 # the default verification tolerance: |exported - eager| <= ATOL + RTOL * |eager| for every value
