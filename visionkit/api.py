@@ -117,3 +117,12 @@ def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: 
         (out / "predictions.json").write_text(json.dumps(records, indent=2))
         log(f"wrote {len(records)} drawings and predictions.json to {out}")
     return records
+
+
+def export(config, checkpoint, fmt: str, out, overrides: Sequence[str] = (), log=print, **options) -> dict:
+    """Write ``checkpoint``'s model as ONNX or TorchScript (``visionkit export``); ``options`` are
+    those of :func:`visionkit.export.api.export` (opset, dynamic, verify_export, normalize_in_graph,
+    samples, atol, rtol)."""
+    from visionkit.export.api import export as run
+
+    return run(config, checkpoint, fmt, out, overrides=overrides, log=log, **options)

@@ -36,11 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--output", help="metrics JSON (default: <run dir>/eval_<split>.json)")
 
-    p = sub.add_parser("predict", help="predict images with a checkpoint")
-    p.add_argument("config")
+    p = sub.add_parser("predict", help="predict images with a checkpoint, or with an exported MODEL.onnx")
+    p.add_argument("config", help="YAML config, or an exported .onnx model (then no --checkpoint)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (and key=value overrides)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", help="checkpoint of the config's model (required with a config)")
     p.add_argument("--out", help="folder for drawings and predictions.json")
+
+    from visionkit.export.cli import add_export_parser
+
+    add_export_parser(sub)
 
     p = sub.add_parser("info", help="list what is registered; with a config, its size and FLOPs")
     p.add_argument("config", nargs="?")
@@ -117,6 +121,16 @@ def cmd_predict(args) -> int:
     from visionkit import api
 
     inputs, overrides = _split_overrides(args.inputs)
+    if args.config.lower().endswith(".onnx"):
+        from visionkit.export.runtime import predict_onnx
+
+        predict_onnx(args.config, [*inputs, *overrides], args.out, checkpoint=args.checkpoint)
+        return 0
+    if not args.checkpoint:
+        from visionkit.errors import ConfigError
+
+        raise ConfigError("predict needs --checkpoint with a config (or pass an exported .onnx model "
+                          "instead of the config)")
     api.predict(args.config, args.checkpoint, inputs, args.out, overrides)
     return 0
 
@@ -200,8 +214,15 @@ def cmd_benchmark(args) -> int:
     return main_args(args)
 
 
+def cmd_export(args) -> int:
+    from visionkit.export.cli import cmd_export as run
+
+    return run(args)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info,
-            "config": cmd_config, "data": cmd_data, "benchmark": cmd_benchmark}
+            "config": cmd_config, "data": cmd_data, "benchmark": cmd_benchmark,
+            "export": cmd_export}
 
 
 def one_line(e: BaseException) -> str:
