@@ -48,10 +48,10 @@ def make(**kw):
     return SegmentationTask(BACKBONES.build("resnet18_w32", out_stages=stages), CLASSES, **kw)
 
 
-@pytest.mark.parametrize("refine", [None, "stem"])
-def test_semantic_fpn_with_the_stem_decodes_at_stride_2_and_learns(refine):
+@pytest.mark.parametrize(("refine", "width"), [(None, None), ("stem", None), ("stem", 8)])
+def test_semantic_fpn_with_the_stem_decodes_at_stride_2_and_learns(refine, width):
     torch.manual_seed(0)
-    task = make(refine=refine, aux=True)
+    task = make(refine=refine, refine_channels=width, aux=True)
     assert task.head.stride == 2
     b = batch()
     task.train()
@@ -67,8 +67,10 @@ def test_semantic_fpn_with_the_stem_decodes_at_stride_2_and_learns(refine):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
-    if refine:  # the fusion convs train too
+    if refine:  # the fusion convs train too, at the width asked for
         assert task.head.fuse.low[0].weight.grad.abs().sum() > 0
+        assert task.head.classifier.in_channels == (width or 16)
+        assert isinstance(task.head.fuse.narrow, torch.nn.Conv2d) == (width is not None)
     task.eval()
     assert task(b["images"]).shape == (2, 3, 32, 32)
     assert task.predict({"images": b["images"]})["labels"].shape == (2, 32, 32)
