@@ -3,6 +3,8 @@ semantic_fpn uses it (an FPN level, or ``refine``: DeepLabV3+-style fusion after
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from test_segmentation import CLASSES, batch, seg_config
@@ -93,3 +95,13 @@ def test_refine_from_the_config_and_its_error_names_the_key(tmp_path, shapes_roo
     cfg = load_config(seg_config(tmp_path, shapes_root, **{"model.head.refine": "stem"}))
     with pytest.raises(ConfigError, match="head 'semantic_fpn' on backbone 'resnet18_w32'.*model.backbone.out_stages"):
         TASKS.get("segmentation").from_config(cfg, {"classes": CLASSES})
+
+
+CANDIDATES = sorted((Path(__file__).resolve().parents[1] / "configs" / "segmentation" / "candidates").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CANDIDATES, ids=lambda p: p.name)
+def test_candidate_recipes_build_a_stride_2_head_and_score_the_test_split(path):
+    cfg = load_config(path)
+    task = TASKS.get("segmentation").from_config(cfg, {"classes": ["background", *"abcdef"]})
+    assert task.head.stride == 2 and cfg.train.final_test
