@@ -83,6 +83,9 @@ class SegmentationTask(Task):
             "atrous_rates": Field([int], [12, 24, 36], min=1, help="deeplabv3: ASPP dilation rates"),
             "upsample": Field(str, "bilinear", choices=("bilinear", "shuffle"),
                               help="semantic_fpn: shuffle adds sub-pixel logits (sharper edges)"),
+            "refine": Field(str, None, nullable=True,
+                            help="semantic_fpn: a finer stage fused after the FPN (stem: logits at stride 2)"),
+            "refine_channels": Field(int, None, nullable=True, min=1, help="refine: fusion width; null: channels"),
             "aux": Field(bool, False, help="auxiliary FCN head on a shallower stage (training only)"),
             "aux_stage": Field(str, None, nullable=True, help="null: the stage before the deepest"),
             "aux_weight": Field(float, 0.4, min=0),
@@ -95,7 +98,8 @@ class SegmentationTask(Task):
         }
 
     def __init__(self, backbone, classes: list[str], *, head: str = "semantic_fpn", channels: int | None = None,
-                 fpn_channels: int = 256, atrous_rates=(12, 24, 36), upsample: str = "bilinear", aux: bool = False,
+                 fpn_channels: int = 256, atrous_rates=(12, 24, 36), upsample: str = "bilinear", refine: str | None = None,
+                 refine_channels: int | None = None, aux: bool = False,
                  aux_stage: str | None = None, aux_weight: float = 0.4, ignore_index: int = 255,
                  class_weights=None, dice_weight: float = 0.0, inference: str = "whole",
                  window: int = 512, stride: int | None = None, palette=None, mean=(0.0,), std=(1.0,)):
@@ -107,7 +111,8 @@ class SegmentationTask(Task):
         width = channels or (256 if head == "deeplabv3" else 128)
         self.head = build_segmentation_head(head, backbone.feature_specs, n, channels=width,
                                             fpn_channels=fpn_channels, atrous_rates=atrous_rates, owner=owner,
-                                            upsample=upsample)
+                                            upsample=upsample, refine=refine, refine_channels=refine_channels)
+        # the aux head never reads the refine stage: its default is the stage before the deepest
         self.aux_head = build_aux_head(backbone.feature_specs, n, aux_stage, owner) if aux else None
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
@@ -138,7 +143,8 @@ class SegmentationTask(Task):
         backbone = build_backbone(cfg)
         try:
             return cls(backbone, classes, head=h.name, channels=h.channels, fpn_channels=h.fpn_channels,
-                       atrous_rates=h.atrous_rates, upsample=h.upsample, aux=h.aux, aux_stage=h.aux_stage, aux_weight=h.aux_weight,
+                       atrous_rates=h.atrous_rates, upsample=h.upsample, refine=h.refine, refine_channels=h.refine_channels,
+                       aux=h.aux, aux_stage=h.aux_stage, aux_weight=h.aux_weight,
                        ignore_index=h.ignore_index, class_weights=h.class_weights, dice_weight=h.dice_weight,
                        inference=h.inference, window=h.window or cfg.data.image_size, stride=h.stride,
                        palette=parse_palette(cfg.data.segmentation.palette, n),

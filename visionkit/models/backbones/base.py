@@ -74,8 +74,13 @@ class Backbone(nn.Module):
     Subclasses build their layers under torchvision's attribute names, then call
     :meth:`add_stage` once per stage (shallow to deep) with the modules that compute it, and
     finally :meth:`finish`. ``forward`` runs the stages in order and returns those named in
-    ``out_stages``.
+    ``out_stages``. A family may also declare its stem's output as the optional stage ``stem``
+    (:meth:`add_stem`'s ``tap``): returned only when ``out_stages`` names it, so that decoders
+    can read a finer level (ResNet's stride-2 conv1 output) while every default stays as it was.
     """
+
+    #: name of the optional stem output in ``out_stages`` / ``feature_specs``
+    STEM = "stem"
 
     #: smallest input side (pixels) the family accepts; checked in forward with a clear error
     min_input_size: int = 1
@@ -85,6 +90,8 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._stem: list[str] = []
+        self._stem_tap: int | None = None
+        self._stem_spec: FeatureSpec | None = None
         self._stage_names: list[str] = []
         self._stage_modules: dict[str, list[str]] = {}
         self._all_specs: dict[str, FeatureSpec] = {}
@@ -92,9 +99,20 @@ class Backbone(nn.Module):
         self.frozen_stages = -1
 
     # -- building -------------------------------------------------------------------------
-    def add_stem(self, modules: Sequence[str]) -> None:
-        """Declare the stem: submodules run before the first stage (may be empty)."""
+    def add_stem(self, modules: Sequence[str], *, tap: int | None = None, channels: int | None = None,
+                 stride: int | None = None) -> None:
+        """Declare the stem: submodules run before the first stage (may be empty).
+
+        ``tap`` (with ``channels`` and ``stride``): the output of the first ``tap`` stem modules
+        can be returned as the stage ``stem`` when ``out_stages`` asks for it (never by default).
+        It is not one of :attr:`stage_specs` and does not shift ``frozen_stages`` (0 = the stem).
+        """
         self._stem = list(modules)
+        if tap is not None:
+            if not 1 <= tap <= len(self._stem) or channels is None or stride is None:
+                raise BackboneBuildError(f"{type(self).__name__}: stem tap {tap} needs 1..{len(self._stem)} "
+                                         "modules and the tapped channels and stride")
+            self._stem_tap, self._stem_spec = tap, FeatureSpec(int(channels), int(stride))
 
     def add_stage(self, name: str, modules: Sequence[str], channels: int, stride: int) -> None:
         """Declare stage ``name``: computed by the submodules ``modules`` (attribute paths, in order)."""
@@ -107,12 +125,13 @@ class Backbone(nn.Module):
         names = self._stage_names
         if out_stages is None or len(out_stages) == 0:
             out_stages = names
-        bad = [s for s in out_stages if s not in names]
+        available = ([self.STEM] if self._stem_spec is not None else []) + names
+        bad = [s for s in out_stages if s not in available]
         if bad:
             raise BackboneBuildError(
-                f"{type(self).__name__}: out_stages {bad} not available; stages are {names}"
+                f"{type(self).__name__}: out_stages {bad} not available; stages are {available}"
             )
-        self.out_stages = [s for s in names if s in out_stages]
+        self.out_stages = [s for s in available if s in out_stages]
         if not -1 <= frozen_stages <= len(names):
             raise BackboneBuildError(
                 f"{type(self).__name__}: frozen_stages={frozen_stages} must be in -1..{len(names)}"
@@ -128,8 +147,8 @@ class Backbone(nn.Module):
 
     @property
     def feature_specs(self) -> dict[str, FeatureSpec]:
-        """The stages ``forward`` returns, shallow to deep."""
-        return {n: self._all_specs[n] for n in self.out_stages}
+        """The stages ``forward`` returns, shallow to deep (``stem`` first when asked for)."""
+        return {n: self._stem_spec if n == self.STEM else self._all_specs[n] for n in self.out_stages}
 
     # -- freezing ---------------------------------------------------------------------------
     def frozen_modules(self) -> list[nn.Module]:
@@ -165,8 +184,12 @@ class Backbone(nn.Module):
         self.check_input(x)
         out: dict[str, torch.Tensor] = {}
         last = self.out_stages[-1]
-        for path in self._stem:
+        for i, path in enumerate(self._stem):
             x = self.get_submodule(path)(x)
+            if i + 1 == self._stem_tap and self.STEM in self.out_stages:
+                out[self.STEM] = x
+        if last == self.STEM:
+            return out
         for name in self._stage_names:
             for path in self._stage_modules[name]:
                 x = self.get_submodule(path)(x)

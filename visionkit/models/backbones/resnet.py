@@ -68,7 +68,8 @@ class _StageBuilder:
 
 
 class ResNet(Backbone):
-    """A ResNet-family backbone with stages ``layer1..layer4`` (strides 4, 8, 16, 32).
+    """A ResNet-family backbone with stages ``layer1..layer4`` (strides 4, 8, 16, 32), and
+    ``stem`` (conv1 after BN and ReLU, stride 2) when ``out_stages`` names it.
 
     ``block``/``layers``/``groups``/``width_per_group`` pick the architecture (see the table at
     the bottom). ``base_width`` scales every stage: 64 is the paper's (stage widths 64..512 before
@@ -119,7 +120,8 @@ class ResNet(Backbone):
         self.bn1 = make_norm(base_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.add_stem(["conv1", "bn1", "relu", "maxpool"])
+        # conv1/bn1/relu (stride 2, before the max-pool) is the optional stage "stem"
+        self.add_stem(["conv1", "bn1", "relu", "maxpool"], tap=3, channels=base_width, stride=2)
 
         builder = _StageBuilder(base_width, groups, width_per_group, make_norm)
         stride = 4

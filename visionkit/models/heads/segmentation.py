@@ -10,6 +10,10 @@ feature it reads; the task upsamples them to the input size.
 - ``semantic_fpn``: the semantic branch of Panoptic FPN (Kirillov et al. 2019, sec. 3.2, fig. 3):
   an FPN over every returned stage, each level brought to the finest stride by
   (3x3 conv, GroupNorm, ReLU, 2x bilinear upsample) steps, the levels summed, a 1x1 conv.
+  ``refine``: one finer stage (ResNet's stride-2 ``stem``) is left out of the FPN and fused
+  after it, as DeepLabV3+'s decoder fuses low-level features (Chen et al. 2018, sec. 3.2: a
+  1x1 conv narrows them, they are concatenated with the 2x-upsampled decoder output, 3x3 convs
+  follow), so the logits come at stride 2 and object rims are not limited to the stride-4 grid.
 """
 
 from __future__ import annotations
@@ -57,8 +61,23 @@ class SemanticFPNHead(nn.Module):
     """Panoptic FPN's semantic branch over any backbone's stages (see the module docstring)."""
 
     def __init__(self, feature_specs: dict[str, FeatureSpec], num_classes: int, fpn_channels: int = 256,
-                 channels: int = 128, owner: str = "backbone", upsample: str = "bilinear"):
+                 channels: int = 128, owner: str = "backbone", upsample: str = "bilinear",
+                 refine: str | None = None, refine_channels: int | None = None):
         super().__init__()
+        self.refine_stage, self.fuse = refine, None
+        if refine is not None:
+            feature_specs = dict(feature_specs)
+            if refine not in feature_specs:
+                raise BackboneBuildError(f"refine stage '{refine}' is not a stage {owner} returns "
+                                         f"({', '.join(feature_specs)}); add it to model.backbone.out_stages")
+            fine = feature_specs.pop(refine)
+            coarse = min(s.stride for s in feature_specs.values())
+            if fine.stride * 2 != coarse:
+                raise BackboneBuildError(f"refine stage '{refine}' has stride {fine.stride}; it must be half "
+                                         f"the finest FPN stride ({coarse})")
+            width = refine_channels or channels
+            low = max(8, width // 4)  # DeepLabV3+ narrows the low level (48 of 304 channels)
+            self.fuse = _Fuse(fine.channels, channels, low, width)
         self.fpn = FPN(feature_specs, fpn_channels, owner=owner)
         strides = [s.stride for s in feature_specs.values()]
         self.stride = strides[0]
@@ -77,15 +96,18 @@ class SemanticFPNHead(nn.Module):
                 if steps > 0:
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.scale_heads[name] = nn.Sequential(*layers)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        out_channels = channels if self.fuse is None else self.fuse.channels
+        self.classifier = nn.Conv2d(out_channels, num_classes, 1)
         # "shuffle": besides the coarse logits (upsampled bilinearly by the task), predict a
         # residual for each of the stride x stride pixels of a cell and place them with a pixel
         # shuffle (sub-pixel convolution, Shi et al. 2016): the features know where inside a
         # cell an edge runs, which bilinear interpolation of coarse logits cannot express
         # (sharp corners get rounded). Output at the input resolution; costs one 1x1 conv.
+        if self.fuse is not None:
+            self.stride //= 2
         self.refine = None
         if upsample == "shuffle" and self.stride > 1:
-            self.refine = nn.Sequential(nn.Conv2d(channels, num_classes * self.stride**2, 1),
+            self.refine = nn.Sequential(nn.Conv2d(out_channels, num_classes * self.stride**2, 1),
                                         nn.PixelShuffle(self.stride))
             nn.init.zeros_(self.refine[0].weight)  # start as the plain head
             nn.init.zeros_(self.refine[0].bias)
@@ -98,6 +120,8 @@ class SemanticFPNHead(nn.Module):
             if out is not None and x.shape[-2:] != out.shape[-2:]:  # odd input sizes round down
                 x = F.interpolate(x, size=out.shape[-2:], mode="bilinear", align_corners=False)
             out = x if out is None else out + x
+        if self.fuse is not None:
+            out = self.fuse(out, features[self.refine_stage])
         logits = self.classifier(out)
         if self.refine is None:
             return logits
@@ -105,15 +129,41 @@ class SemanticFPNHead(nn.Module):
         return fine + F.interpolate(logits, size=fine.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class _Fuse(nn.Module):
+    """DeepLabV3+-style fusion of a finer stage: 1x1 conv (``low`` channels) on it, concatenated
+    with the decoder output upsampled to its size, then a 3x3 conv, GroupNorm, ReLU. The stride-2
+    grid has 4x the cells, so when ``width`` is below the decoder's width a 1x1 conv narrows the
+    decoder output before the upsampling (bilinear upsampling and its backward pass are memory
+    bound on CPU and cost in proportion to the channels)."""
+
+    def __init__(self, fine_channels: int, channels: int, low: int, width: int):
+        super().__init__()
+        self.channels = width
+        self.narrow = nn.Conv2d(channels, width, 1, bias=False) if width < channels else nn.Identity()
+        channels = min(channels, width)
+        self.low = nn.Sequential(nn.Conv2d(fine_channels, low, 1, bias=False),
+                                 group_norm(low, max(1, min(32, low // 4))), nn.ReLU(inplace=True))
+        self.conv = nn.Sequential(nn.Conv2d(channels + low, width, 3, padding=1, bias=False),
+                                  group_norm(width, max(1, min(32, width // 4))), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.narrow(x), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, self.low(fine)], 1))
+
+
 def build_segmentation_head(name: str, feature_specs: dict[str, FeatureSpec], num_classes: int, *,
                             channels: int = 256, fpn_channels: int = 256,
                             atrous_rates: Sequence[int] = (12, 24, 36), owner: str = "backbone",
-                            upsample: str = "bilinear") -> nn.Module:
+                            upsample: str = "bilinear", refine: str | None = None,
+                            refine_channels: int | None = None) -> nn.Module:
     """The head ``name`` (one of :data:`HEADS`) for a backbone declaring ``feature_specs``."""
     if name not in HEADS:
         raise BackboneBuildError(f"unknown segmentation head '{name}'; choose one of {', '.join(HEADS)}")
     if name == "semantic_fpn":
-        return SemanticFPNHead(feature_specs, num_classes, fpn_channels, channels, owner, upsample)
+        return SemanticFPNHead(feature_specs, num_classes, fpn_channels, channels, owner, upsample, refine,
+                               refine_channels)
+    if refine is not None:
+        raise BackboneBuildError(f"refine is a semantic_fpn option; head '{name}' has no decoder to refine")
     stage = list(feature_specs)[-1]
     spec = feature_specs[stage]
     if name == "fcn":
