@@ -90,6 +90,8 @@ def cmd_train(args) -> int:
     from visionkit import api
 
     trainer = api.train(args.config, args.overrides, run_dir=args.run_dir, resume=args.resume)
+    if not trainer.group.is_main:  # under torchrun rank 0 reports for the group
+        return 0
     if trainer.last_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trainer.last_metrics.items())
         print(f"final val: {shown}")
