@@ -141,10 +141,26 @@ def setup(device: torch.device) -> tuple[Group, torch.device]:
     if not dist.is_initialized():
         timeout = timedelta(seconds=float(os.environ.get("VISIONKIT_DIST_TIMEOUT", "1800")))
         kwargs = {"device_id": device} if device.type == "cuda" else {}
+        store = _attempt_store(world, timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=rank, world_size=world)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout, **kwargs)
         atexit.register(_leave)
     _GROUP = Group(rank, world, local_rank)
     return _GROUP, device
+
+
+def _attempt_store(world: int, timeout: timedelta):
+    """torchrun's own store under a prefix of this attempt (``--max-restarts``), or None.
+
+    The agent keeps one store across restarts, and a restarted group that joins under the same
+    keys reads the dead processes' addresses (gloo then fails with "Connection refused"); a
+    prefix per attempt gives every attempt fresh keys."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"/visionkit/attempt_{restart_count()}", store)
 
 
 def _leave() -> None:
