@@ -263,7 +263,8 @@ def wrap_for_training(task: nn.Module, group: Group, device: torch.device, sync_
     else the task under DistributedDataParallel (with SyncBN when asked)."""
     if not group.enabled:
         return task.loss
-    if sync_bn:
+    # train.sync_bn, or model.backbone.norm: sync_batch (torch's SyncBatchNorm, which DDP refuses on CPU)
+    if sync_bn or any(isinstance(m, nn.SyncBatchNorm) for m in task.modules()):
         from visionkit.engine.sync_bn import convert_sync_batchnorm
 
         convert_sync_batchnorm(task, device)
