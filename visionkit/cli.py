@@ -110,6 +110,10 @@ def cmd_eval(args) -> int:
     from visionkit import api
 
     metrics, _, out = api.evaluate(args.config, args.checkpoint, args.split, args.output, args.overrides)
+    from visionkit.engine.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 reports for the group
+        return 0
     print_table(metrics)
     print(f"wrote {out}")
     return 0

@@ -118,6 +118,11 @@ class Group:
 _GROUP = Group()
 
 
+def is_main() -> bool:
+    """True in one process of a torchrun group (rank 0), and in a process started without it."""
+    return _GROUP.is_main
+
+
 def launched() -> bool:
     """True in a process started by torchrun (or any launcher that sets its variables) with
     more than one process in the group."""

@@ -116,7 +116,7 @@ class Trainer:
         self.restarted = checkpoint is None and not resume and distributed.restarted_run(run_dir)
         if self.restarted and distributed.has_checkpoint(run_dir):
             resume = True
-        if self.group.enabled:
+        if self.group.enabled and checkpoint is None:
             distributed.local_batch(cfg.data.batch_size, self.group.world)  # refuse an uneven split early
         self.resume_path, self.run_dir = self._locate(run_dir, resume, checkpoint)
         self.extra_hooks = list(hooks or [])
