@@ -21,7 +21,7 @@ import torch
 
 from visionkit.data.build import SPLITS, build_datasets, build_loader, build_source
 from visionkit.engine import distributed, faults
-from visionkit.engine.checkpoint import CheckpointManager, find_resumable, load_checkpoint
+from visionkit.engine.checkpoint import CheckpointManager, load_checkpoint
 from visionkit.engine.hooks import CheckpointHook, Hook, LoggerHook, MetricsWriter
 from visionkit.engine.runlog import BadSampleLog, truncate_metrics
 from visionkit.engine.optim import build_optimizer, build_scheduler, scaled_lr
@@ -232,7 +232,7 @@ class Trainer:
                                                 **distributed.loader_args(len(data), self.cfg, train, self.group))
         return self._loaders[split]
 
-    def _check_run_dir(self) -> None:
+    def _check_run_dir(self) -> Path:
         if self.run_dir is None:
             self.run_dir = new_run_dir(self.cfg)
         elif (self.resume_path is None and not self.restarted and self.run_dir.exists()
@@ -536,7 +536,8 @@ class Trainer:
                 done = time.perf_counter()
                 self.call("after_step", {
                     "loss": loss, "losses": values,
-                    "lr": self.optimizer.param_groups[0]["lr"], "batch_size": len(batch["images"]) * self.group.world,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "batch_size": len(batch["images"]) * self.group.world,  # the global batch
                     "time": done - start + data_wait, "data_wait": data_wait,
                 })
             if stepped:

@@ -34,7 +34,7 @@ class AccuracyEvaluator(Evaluator):
             self.top5_correct += int((top5 == labels[:, None]).any(1).sum())
         self.count += len(labels)
 
-    def merge(self, shards: list["AccuracyEvaluator"]) -> None:
+    def merge(self, shards: list[AccuracyEvaluator]) -> None:
         self.confusion = sum((s.confusion for s in shards), torch.zeros_like(self.confusion))
         self.top5_correct = sum(s.top5_correct for s in shards)
         self.count = sum(s.count for s in shards)
@@ -91,7 +91,7 @@ class MultiLabelEvaluator(Evaluator):
         self.scores.append(predictions["scores"].detach().float().cpu())
         self.targets.append(batch["labels"].detach().cpu() > 0.5)
 
-    def merge(self, shards: list["MultiLabelEvaluator"]) -> None:
+    def merge(self, shards: list[MultiLabelEvaluator]) -> None:
         # sample order matters: average_precision breaks score ties by position
         def rows(name):
             return interleave([list(torch.cat(getattr(s, name))) if getattr(s, name) else [] for s in shards])

@@ -24,7 +24,7 @@ class Evaluator:
     def details(self) -> dict[str, Any]:
         return {}
 
-    def merge(self, shards: list["Evaluator"]) -> None:
+    def merge(self, shards: list[Evaluator]) -> None:
         """Make this evaluator hold what ``shards`` processed together, so ``compute`` and
         ``details`` equal one process's over the whole split (sharded evaluation under torchrun).
 

@@ -99,7 +99,7 @@ class CocoEvaluator(Evaluator):
                 res["segmentation"] = _rle(masks[k])
             self.results.append(res)
 
-    def merge(self, shards: list["CocoEvaluator"]) -> None:
+    def merge(self, shards: list[CocoEvaluator]) -> None:
         """Images, ground truth and detections of all ranks in sample order; annotation ids (and
         image ids this evaluator counted itself) renumbered as one process numbers them."""
         def per_image(s):

@@ -145,7 +145,7 @@ class DepthEvaluator(Evaluator):
             p = p.clamp(self.min_depth, self.max_depth)
             self.per_image.append(error_sums(p, t))
 
-    def merge(self, shards: list["DepthEvaluator"]) -> None:
+    def merge(self, shards: list[DepthEvaluator]) -> None:
         def per_sample(s):  # (sums, scale) per scored image, None per skipped one
             sums, scales = iter(s.per_image), iter(s.scales)
             return [(next(sums), next(scales, None)) if ok else None for ok in s.scored]

@@ -77,7 +77,7 @@ class MIoUEvaluator(Evaluator):
             self.confusion += confusion_matrix(t.detach().cpu(), p.detach().cpu(), len(self.classes),
                                                self.ignore_index)
 
-    def merge(self, shards: list["MIoUEvaluator"]) -> None:
+    def merge(self, shards: list[MIoUEvaluator]) -> None:
         self.confusion = sum((s.confusion for s in shards), torch.zeros_like(self.confusion))
 
     def compute(self) -> dict[str, float]:
