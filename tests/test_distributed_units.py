@@ -98,3 +98,17 @@ def test_coco_merge_renumbers_images_and_annotations_like_one_process():
         samples.append((batch, pred))
     one, merged = _compare(lambda: CocoEvaluator(["a", "b", "c"], masks=False), samples)
     assert merged.results == one.results and merged.gt == one.gt and merged.images == one.images
+
+
+@pytest.mark.parametrize("rule,factor", [("none", 1.0), ("linear", 2.0), ("sqrt", 2 ** 0.5)])
+def test_learning_rate_scaling_is_opt_in_and_follows_the_global_batch(tiny_cfg, tmp_path, rule, factor):
+    from visionkit.engine.trainer import Trainer
+
+    cfg = tiny_cfg(**{"train.scale_lr": rule, "train.reference_batch": 32, "data.batch_size": 32,
+                      "train.accumulate": 2, "train.optimizer.lr": 0.01})
+    said = []
+    trainer = Trainer(cfg, tmp_path / "run", log=said.append)
+    trainer._build_optim()
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([0.01 * factor] * 2)
+    assert trainer.scheduler.base_lrs == pytest.approx([0.01 * factor] * 2)
+    assert any("global batch of 64" in s for s in said) == (rule != "none")
