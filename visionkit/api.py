@@ -40,6 +40,8 @@ def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Seq
     trainer = Trainer(cfg, checkpoint=checkpoint, splits=(split,), log=log)
     metrics, details = trainer.evaluate(split, with_details=True)
     out = Path(output) if output else Path(checkpoint).parent.parent / f"eval_{split}.json"
+    if not trainer.group.is_main:  # under torchrun rank 0 holds the reduced results and writes them
+        return metrics, details, out
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(checkpoint), "split": split, "samples": len(trainer.datasets[split]),
               "metrics": metrics, **details}

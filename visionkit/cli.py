@@ -94,6 +94,8 @@ def cmd_train(args) -> int:
     from visionkit import api
 
     trainer = api.train(args.config, args.overrides, run_dir=args.run_dir, resume=args.resume)
+    if not trainer.group.is_main:  # under torchrun rank 0 reports for the group
+        return 0
     if trainer.last_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trainer.last_metrics.items())
         print(f"final val: {shown}")
@@ -112,6 +114,10 @@ def cmd_eval(args) -> int:
     from visionkit import api
 
     metrics, _, out = api.evaluate(args.config, args.checkpoint, args.split, args.output, args.overrides)
+    from visionkit.engine.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 reports for the group
+        return 0
     print_table(metrics)
     print(f"wrote {out}")
     return 0

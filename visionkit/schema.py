@@ -173,6 +173,10 @@ def base_schema() -> dict:
             "channels_last": Field((bool, str), "auto", choices=("auto", True, False),
                                    help="NHWC weights and batches; auto: on CUDA (tensor-core convolutions)"),
             "accumulate": Field(int, 1, min=1),
+            "sync_bn": Field(bool, False, help="under torchrun: BatchNorm statistics over the global batch"),
+            "scale_lr": Field(str, "none", choices=("none", "linear", "sqrt"),
+                              help="scale optimizer.lr by (batch_size x accumulate) / reference_batch"),
+            "reference_batch": Field(int, 256, min=1, help="the global batch optimizer.lr is given for"),
             "clip_grad_norm": Field(float, None, nullable=True, min=0),
             "seed": Field(int, 0),
             "deterministic": Field(bool, False, help="deterministic CUDA kernels (bitwise-repeatable "

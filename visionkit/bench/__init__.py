@@ -6,5 +6,5 @@ selected ones, prints the table and writes the JSON (``tools/benchmark.py``, ``v
 
 #: modules whose import registers a benchmark, in table order; ``detection`` may be absent
 MODULES = ("trainer_step", "end_to_end", "pipeline", "flops", "detection", "coco_eval", "memory", "gpu",
-           "onnx_runtime")
+           "onnx_runtime", "ddp_scaling")
 OPTIONAL = ("detection",)

@@ -251,7 +251,10 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def build_loader(dataset: SplitView, cfg, train: bool, device: torch.device) -> DataLoader:
+def build_loader(dataset: SplitView, cfg, train: bool, device: torch.device, *,
+                 sampler: Sampler | None = None, batch_size: int | None = None) -> DataLoader:
+    """The split's loader; ``sampler`` and ``batch_size`` replace the defaults (one process's)
+    for a process of a torchrun group (see visionkit.engine.distributed.loader_args)."""
     d = cfg.data
     workers = d.num_workers
     # the loader's own generator: creating an iterator then draws its worker seed from it, not
@@ -265,6 +268,8 @@ def build_loader(dataset: SplitView, cfg, train: bool, device: torch.device) -> 
         # one is noticed by the loader itself within seconds)
         kwargs["timeout"] = d.worker_timeout
     if train:
-        sampler = EpochSampler(len(dataset), seed=cfg.train.seed, shuffle=True)
-        return DataLoader(dataset, batch_size=d.batch_size, sampler=sampler, drop_last=False, **kwargs)
-    return DataLoader(dataset, batch_size=d.eval_batch_size or d.batch_size, shuffle=False, **kwargs)
+        sampler = sampler or EpochSampler(len(dataset), seed=cfg.train.seed, shuffle=True)
+        return DataLoader(dataset, batch_size=batch_size or d.batch_size, sampler=sampler, drop_last=False,
+                          **kwargs)
+    return DataLoader(dataset, batch_size=batch_size or d.eval_batch_size or d.batch_size, sampler=sampler,
+                      shuffle=False, **kwargs)

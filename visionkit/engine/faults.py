@@ -12,12 +12,18 @@ make the disk report that it is full. Set, for example::
 (1-based, manifests not counted); ``pause_after_step=N`` after optimizer step N. A pause lasts
 until the process is killed, the test deletes the marker, or, for ``pause_after_step``, the
 process receives SIGTERM/SIGINT (so the signal's checkpoint can be tested); at most 120 s.
+``kill_after_step=N`` makes the process SIGKILL itself after optimizer step N (before that step's
+checkpoint), on the first start only (torchrun's ``TORCHELASTIC_RESTART_COUNT`` 0), so a
+restarted group runs through.
+
+Under torchrun, ``VISIONKIT_FAULT_RANK=R`` limits every fault to the process of rank R.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +32,9 @@ _writes = 0
 
 
 def _faults() -> dict[str, int]:
+    rank = os.environ.get("VISIONKIT_FAULT_RANK")
+    if rank is not None and rank != os.environ.get("RANK", "0"):
+        return {}
     spec = os.environ.get("VISIONKIT_FAULTS", "")
     out = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -62,5 +71,8 @@ def after_step(global_step: int, stop_requested: Callable[[], bool]) -> None:
     """Called after every optimizer step."""
     if not os.environ.get("VISIONKIT_FAULTS"):
         return
-    if _faults().get("pause_after_step") == global_step:
+    faults = _faults()
+    if faults.get("pause_after_step") == global_step:
         _pause(stop_requested)
+    if faults.get("kill_after_step") == global_step and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -77,3 +77,20 @@ def build_scheduler(optimizer, sched, iters_per_epoch: int, epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(sched, it, iters_per_epoch, total, base)
     )
+
+
+def scaled_lr(cfg, log) -> float:
+    """``train.optimizer.lr`` scaled for the global batch (``data.batch_size * train.accumulate``)
+    when ``train.scale_lr`` asks: ``linear`` (Goyal et al. 2017, sec. 2.1: lr x batch / reference)
+    or ``sqrt`` (Krizhevsky 2014; Hoffer et al. 2017), with ``train.reference_batch`` the batch the
+    given lr was tuned for. ``none`` (the default) keeps it as written."""
+    t = cfg.train
+    lr = t.optimizer.lr
+    if t.scale_lr == "none":
+        return lr
+    batch = cfg.data.batch_size * t.accumulate
+    ratio = batch / t.reference_batch
+    new = lr * (ratio if t.scale_lr == "linear" else ratio ** 0.5)
+    log(f"learning rate {lr:g} scaled {t.scale_lr} for a global batch of {batch} "
+        f"(train.reference_batch {t.reference_batch}): {new:g}")
+    return new

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from visionkit.data.build import SPLITS, build_datasets, build_loader, build_source
-from visionkit.engine import faults
-from visionkit.engine.checkpoint import CheckpointManager, find_resumable, load_checkpoint
+from visionkit.engine import distributed, faults
+from visionkit.engine.checkpoint import CheckpointManager, load_checkpoint
 from visionkit.engine.hooks import CheckpointHook, Hook, LoggerHook, MetricsWriter
 from visionkit.engine.runlog import BadSampleLog, truncate_metrics
-from visionkit.engine.optim import build_optimizer, build_scheduler
+from visionkit.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from visionkit.errors import CheckpointError, ConfigError, DataError, VisionKitError
 from visionkit.registry import TASKS
 
@@ -124,17 +124,24 @@ class Trainer:
                  checkpoint: str | Path | None = None, hooks: list[Hook] | None = None,
                  splits: tuple[str, ...] = SPLITS, log=print):
         self.cfg = cfg
-        self.log = log
-        self.device = resolve_device(cfg.train.device)
+        # under torchrun: this process's rank and device (cuda:LOCAL_RANK); rank 0 speaks for all
+        self.group, self.device = distributed.setup(resolve_device(cfg.train.device))
+        self.log = log if self.group.is_main else (lambda *a, **k: None)
         self.task_cls = TASKS.get(cfg.task)
         self._resume_state: dict | None = None
+        # torchrun restarted the group after a failure (--max-restarts): continue the run
+        self.restarted = checkpoint is None and not resume and distributed.restarted_run(run_dir)
+        if self.restarted and distributed.has_checkpoint(run_dir):
+            resume = True
+        if self.group.enabled and checkpoint is None:
+            distributed.local_batch(cfg.data.batch_size, self.group.world)  # refuse an uneven split early
         self.resume_path, self.run_dir = self._locate(run_dir, resume, checkpoint)
         self.extra_hooks = list(hooks or [])
         seed_everything(cfg.train.seed)
         use_deterministic_kernels(cfg.train.deterministic)
 
         if checkpoint is None:
-            self._check_run_dir()  # refuse to clobber before anything is read
+            self.run_dir = self.group.on_main(self._check_run_dir)  # refuse to clobber before anything is read
         # everything that can fail on the user's data or weights runs before the run directory
         # is made, so a failed start leaves nothing behind
         source = build_source(cfg)
@@ -149,13 +156,18 @@ class Trainer:
         if cfg.model.backbone.weights and self.resume_path is None:
             self._load_pretrained()
         if checkpoint is None:
-            self._create_run_dir()
+            self.group.on_main(self._create_run_dir)
             split_dir = self.run_dir
         else:  # evaluation reads the run's split.json when there is one and writes nothing
             split_dir = self.run_dir if (self.run_dir / "split.json").exists() else None
             if split_dir is None:
-                log(f"note: no split.json in '{self.run_dir}'; splitting the data with data.split.seed")
-        self.datasets, _ = build_datasets(cfg, self.task_cls, split_dir, splits, source=source)
+                self.log(f"note: no split.json in '{self.run_dir}'; splitting the data with data.split.seed")
+
+        def datasets():  # rank 0 first: it writes split.json, which the others then read
+            own = split_dir if self.group.is_main or (split_dir and (split_dir / "split.json").exists()) else None
+            return build_datasets(cfg, self.task_cls, own, splits, source=source)[0]
+
+        self.datasets = self.group.main_first(datasets)
         self.has_val = "val" in self.datasets
         self.monitor = self._monitor()
         self.epoch = 0  # completed epochs
@@ -174,6 +186,7 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.optimizer = self.scheduler = None
+        self.ddp = None  # the task under DistributedDataParallel, under torchrun
         if checkpoint is not None:
             self.load_weights(checkpoint)
 
@@ -188,7 +201,9 @@ class Trainer:
                     raise CheckpointError(f"no checkpoint to resume in '{run_dir}' (it has no checkpoints/); "
                                           "check --run-dir, or drop --resume to start a new run")
                 # the newest checkpoint that verifies; corrupt newer ones are named and skipped
-                path, self._resume_state = find_resumable(Path(run_dir) / "checkpoints", self.log)
+                # (rank 0 picks it, every rank loads that one)
+                path, self._resume_state = distributed.find_resumable_everywhere(
+                    self.group, Path(run_dir) / "checkpoints", self.log)
             else:
                 path = Path(resume)
                 self._resume_state = load_checkpoint(path)  # fails here, naming the path
@@ -219,21 +234,30 @@ class Trainer:
         self.steps_per_epoch = len(self.loader("train"))
         self.optim_steps_per_epoch = math.ceil(self.steps_per_epoch / t.accumulate)
         self.optimizer = build_optimizer(self.task, t.optimizer)
+        if t.scale_lr != "none":  # opt-in: lr for the global batch (data.batch_size x accumulate)
+            lr = scaled_lr(self.cfg, self.log)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        self.ddp = distributed.wrap_for_training(self.task, self.group, self.device, t.sync_bn)
         self.scheduler = build_scheduler(self.optimizer, t.schedule, self.optim_steps_per_epoch, t.epochs)
 
     def loader(self, split: str):
         if split not in self._loaders:
             if split not in self.datasets:
                 raise ConfigError(f"the data set has no '{split}' split (check data.split.ratios)")
-            self._loaders[split] = build_loader(self.datasets[split], self.cfg, split == "train", self.device)
+            data, train = self.datasets[split], split == "train"
+            self._loaders[split] = build_loader(data, self.cfg, train, self.device,
+                                                **distributed.loader_args(len(data), self.cfg, train, self.group))
         return self._loaders[split]
 
-    def _check_run_dir(self) -> None:
+    def _check_run_dir(self) -> Path:
         if self.run_dir is None:
             self.run_dir = new_run_dir(self.cfg)
-        elif self.resume_path is None and self.run_dir.exists() and any(self.run_dir.iterdir()):
+        elif (self.resume_path is None and not self.restarted and self.run_dir.exists()
+              and any(self.run_dir.iterdir())):
             raise ConfigError(f"run directory '{self.run_dir}' already holds files; pass --resume to "
                               "continue that run, or choose another --run-dir (nothing was changed)")
+        return self.run_dir
 
     def _create_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +293,12 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"parameter '{name}' holds NaN or Inf at epoch {self.epoch + 1} step {self.global_step}; "
                     "no checkpoint was written with it; lower train.optimizer.lr or set train.clip_grad_norm")
-        return self.ckpt.save(self.state_dict(), self.epoch, self.global_step, is_best, mid_epoch)
+        if not self.group.enabled:
+            return self.ckpt.save(self.state_dict(), self.epoch, self.global_step, is_best, mid_epoch)
+        # rank 0 writes (with every rank's RNG state); the others go on once it is committed
+        rngs = self.group.gather(rng_state())
+        return self.group.on_main(lambda: self.ckpt.save({**self.state_dict(), "rng_ranks": rngs}, self.epoch,
+                                                         self.global_step, is_best, mid_epoch))
 
     def load_weights(self, path: str | Path, state: dict | None = None) -> dict:
         """Load a checkpoint's model weights, refusing one made for another model."""
@@ -308,7 +337,8 @@ class Trainer:
         self.step_in_epoch = state.get("step_in_epoch", 0)
         self.nonfinite_streak = state.get("nonfinite_streak", 0)
         self.counters.update(state.get("counters", {}))
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        set_rng_state(ranks[self.group.rank] if ranks and len(ranks) == self.group.world else state["rng"])
         where = f" batch {self.step_in_epoch}" if self.step_in_epoch else ""
         self.log(f"resumed from {self.resume_path} at epoch {self.epoch}{where} (step {self.global_step})")
 
@@ -344,24 +374,29 @@ class Trainer:
             self._build_optim()
         t = self.cfg.train
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=t.keep_checkpoints)
-        for stale in self.ckpt.remove_stale_temp_files():
+        for stale in self.ckpt.remove_stale_temp_files() if self.group.is_main else []:
             self.log(f"removed '{stale}', left by a run killed while writing a checkpoint")
         if self.resume_path is not None:
             self._restore()
         if self.epoch >= t.epochs:
             self.log(f"run '{self.run_dir}' already finished {self.epoch}/{t.epochs} epochs; nothing to do")
             return {}
-        resumed = self.resume_path is not None
-        if resumed:  # forget what the interrupted run logged after its checkpoint
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.global_step)
-        writer = MetricsWriter(self.run_dir, purge_step=self.global_step + 1 if resumed else None)
-        self.bad_log = BadSampleLog(self.run_dir / "bad_samples.jsonl")
-        self.hooks = [LoggerHook(writer, t.log_every, t.progress and sys.stderr.isatty()),
-                      CheckpointHook(t.early_stopping), *self.extra_hooks]
+        resumed = self.resume_path is not None or self.restarted
+        self.hooks = [CheckpointHook(t.early_stopping), *self.extra_hooks]
+        if self.group.is_main:  # rank 0 alone writes the logs (the others compute the same decisions)
+            if resumed:  # forget what the interrupted run logged after its checkpoint
+                truncate_metrics(self.run_dir / "metrics.jsonl", self.global_step)
+            writer = MetricsWriter(self.run_dir, purge_step=self.global_step + 1 if resumed else None)
+            self.hooks.insert(0, LoggerHook(writer, t.log_every, t.progress and sys.stderr.isatty()))
+        rank = f".rank{self.group.rank}" if not self.group.is_main else ""
+        self.bad_log = BadSampleLog(self.run_dir / f"bad_samples{rank}.jsonl")
         self.log(f"run directory: {self.run_dir}")
         self.log(f"watch it with: tensorboard --logdir {self.run_dir}")
         n = {k: len(v) for k, v in self.datasets.items()}
         self.log(f"device {self.device}; samples " + ", ".join(f"{k} {v}" for k, v in n.items()))
+        if self.group.enabled:
+            self.log(f"{self.group.world} processes (torchrun); data.batch_size {self.cfg.data.batch_size} is the "
+                     f"global batch, {self.cfg.data.batch_size // self.group.world} per process")
         try:
             with self._stop_on_signals():
                 self._fit_loop()
@@ -396,6 +431,7 @@ class Trainer:
             if self.has_val and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
                 self.last_metrics = self.validate("val")
             self.call("after_epoch")  # saves the epoch's checkpoint
+            self._agree_on_stop()
             if self.stop_signal is not None and self.epoch < t.epochs:
                 self._interrupted()
         if t.final_test and "test" in self.datasets:
@@ -423,6 +459,13 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
 
+    def _agree_on_stop(self) -> None:
+        """Under torchrun a signal reaches one rank, or the ranks at different steps: all take
+        the highest signal number any received (an all-reduce with MAX), so all stop together."""
+        if self.group.enabled:
+            signum = self.group.max(self.stop_signal or 0)[0]
+            self.stop_signal = signum or None
+
     def _interrupted(self):
         name = signal.Signals(self.stop_signal).name
         self.call("after_fit")  # flushes and closes the logs
@@ -437,10 +480,11 @@ class Trainer:
             "continue with --resume "
             "(a worker killed for memory: lower data.num_workers or data.batch_size)")
 
-    def _on_nonfinite(self, losses: dict) -> None:
-        """Stop (default), or with ``train.on_nonfinite: skip`` drop the batch unless too many in a row."""
+    def _on_nonfinite(self, losses: dict, elsewhere: bool = False) -> None:
+        """Stop (default), or with ``train.on_nonfinite: skip`` drop the batch unless too many in a row.
+        ``elsewhere``: this rank's loss is finite but another rank's is not (under torchrun)."""
         t = self.cfg.train
-        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        terms = "on another process" if elsewhere else ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
         where = f"epoch {self.epoch + 1} step {self.global_step}"
         self.nonfinite_streak += 1
         if t.on_nonfinite == "stop":
@@ -474,15 +518,19 @@ class Trainer:
             if batch is not None:  # None: every sample of the batch was unreadable (on_error: skip)
                 batch = self.to_device(batch)
                 with self.autocast():
-                    losses = self.task.loss(batch)
+                    losses = self.ddp(batch) if self.ddp is not None else self.task.loss(batch)
                 total = sum(losses.values())
                 finite = bool(torch.isfinite(total))
+            skip, own_finite = batch is None, finite
+            if self.group.enabled:
+                skip, finite = distributed.agree_on_batch(self.group, skip, finite)
+            if not skip:
                 if finite:
                     self.nonfinite_streak = 0
                     self.scaler.scale(total / accum).backward()
                     pending = True
                 else:
-                    self._on_nonfinite(losses)
+                    self._on_nonfinite(losses, elsewhere=own_finite)
             if ((i + 1) % accum == 0 or i + 1 == self.steps_per_epoch) and pending:
                 if t.clip_grad_norm is not None:
                     self.scaler.unscale_(self.optimizer)
@@ -498,12 +546,16 @@ class Trainer:
                 # .item() waits for the step's device work, so the step time covers it on a GPU
                 # too (read after the clock, a GPU's compute would be booked as the next step's
                 # data wait)
-                values = {k: v.item() for k, v in losses.items()}
-                loss = total.item()
+                if self.group.enabled:  # the global batch's loss: the mean of the ranks' equal shares
+                    values, loss = distributed.mean_losses(self.group, losses, total)
+                else:
+                    values = {k: v.item() for k, v in losses.items()}
+                    loss = total.item()
                 done = time.perf_counter()
                 self.call("after_step", {
                     "loss": loss, "losses": values,
-                    "lr": self.optimizer.param_groups[0]["lr"], "batch_size": len(batch["images"]),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "batch_size": len(batch["images"]) * self.group.world,  # the global batch
                     "time": done - start + data_wait, "data_wait": data_wait,
                 })
             if stepped:
@@ -514,6 +566,7 @@ class Trainer:
         """After an optimizer step: a checkpoint every ``train.checkpoint_every_steps`` and on a
         stop signal (the epoch's last batch is left to the epoch-end checkpoint)."""
         faults.after_step(self.global_step, lambda: self.stop_signal is not None)
+        self._agree_on_stop()
         every = self.cfg.train.checkpoint_every_steps
         if self.step_in_epoch >= self.steps_per_epoch:
             return
@@ -526,6 +579,7 @@ class Trainer:
     def evaluate(self, split: str = "val", with_details: bool = False):
         """Score ``split`` with the task's evaluator; returns metrics (and details when asked)."""
         self.task.eval()
+        self.group.sync_buffers(self.task)  # every rank scores with rank 0's BatchNorm statistics
         evaluator = self.task.evaluator()
         evaluator.reset()
         vis = None
@@ -541,12 +595,15 @@ class Trainer:
             with self.autocast():
                 preds = self.task.predict(batch)
             evaluator.process(batch, preds)
-            if vis is None and self.cfg.train.vis_images > 0:
+            if vis is None and self.cfg.train.vis_images > 0 and self.group.is_main:
                 vis = self.task.visualize(batch, preds, self.cfg.train.vis_images)
-        metrics = evaluator.compute()
+        if self.group.enabled:  # each rank scored its shard: reduce them exactly (rank 0 merges)
+            metrics, evaluator, bad = distributed.reduce_evaluation(self.group, evaluator, bad)
+        else:
+            metrics = evaluator.compute()
         if bad:
             metrics["bad_samples"] = float(len(bad))
-            if hasattr(self, "bad_log"):
+            if hasattr(self, "bad_log") and self.group.is_main:
                 self.bad_log.add([bad], self.epoch)
             self.log(f"warning: {len(bad)} unreadable {split} sample(s) left out of the metrics, e.g. "
                      f"'{bad[0][0]}' ({bad[0][1]})")
@@ -557,7 +614,8 @@ class Trainer:
     def validate(self, split: str = "val") -> dict:
         metrics = self.evaluate(split)
         if hasattr(self, "hooks"):
-            self.last_evaluator.write(self.run_dir, split)  # e.g. detections_val.json
+            if self.group.is_main:
+                self.last_evaluator.write(self.run_dir, split)  # e.g. detections_val.json
             self.call("after_validate", split, metrics, self._last_vis)
         return metrics
 
@@ -572,5 +630,6 @@ class Trainer:
         metrics = self.test()
         import json
 
-        (self.run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+        if self.group.is_main:
+            (self.run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics

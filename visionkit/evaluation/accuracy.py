@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from visionkit.evaluation.base import Evaluator
+from visionkit.evaluation.base import Evaluator, interleave
 from visionkit.registry import EVALUATORS
 
 
@@ -33,6 +33,11 @@ class AccuracyEvaluator(Evaluator):
             top5 = logits.topk(5, dim=1).indices
             self.top5_correct += int((top5 == labels[:, None]).any(1).sum())
         self.count += len(labels)
+
+    def merge(self, shards: list[AccuracyEvaluator]) -> None:
+        self.confusion = sum((s.confusion for s in shards), torch.zeros_like(self.confusion))
+        self.top5_correct = sum(s.top5_correct for s in shards)
+        self.count = sum(s.count for s in shards)
 
     def compute(self) -> dict[str, float]:
         cm = self.confusion.double()
@@ -85,6 +90,15 @@ class MultiLabelEvaluator(Evaluator):
     def process(self, batch: dict, predictions: dict) -> None:
         self.scores.append(predictions["scores"].detach().float().cpu())
         self.targets.append(batch["labels"].detach().cpu() > 0.5)
+
+    def merge(self, shards: list[MultiLabelEvaluator]) -> None:
+        # sample order matters: average_precision breaks score ties by position
+        def rows(name):
+            return interleave([list(torch.cat(getattr(s, name))) if getattr(s, name) else [] for s in shards])
+
+        scores, targets = rows("scores"), rows("targets")
+        self.scores = [torch.stack(scores)] if scores else []
+        self.targets = [torch.stack(targets)] if targets else []
 
     def _ap(self) -> list[float | None]:
         s, t = torch.cat(self.scores), torch.cat(self.targets)

@@ -25,7 +25,7 @@ import torch
 
 from visionkit.errors import DataError
 from visionkit.evaluation import coco_backend
-from visionkit.evaluation.base import Evaluator
+from visionkit.evaluation.base import Evaluator, interleave
 
 _STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -61,11 +61,13 @@ class CocoEvaluator(Evaluator):
         #: each IoU type's full COCOeval result (12 stats, precision table) of the last compute()
         self.scores: dict[str, coco_backend.CocoScore] = {}
         self._next_id = 0
+        self._own_ids = False  # image ids counted here (the batches carried none)
 
     def process(self, batch: dict, predictions: list[dict]) -> None:
         if "boxes" not in batch or "labels" not in batch:
             raise DataError("the split has no boxes/labels to score detections against")
         ids = batch.get("image_id")
+        self._own_ids |= ids is None
         for i, pred in enumerate(predictions):
             image_id = int(ids[i]) if ids is not None else self._next_id
             self._next_id = max(self._next_id, image_id) + 1
@@ -123,6 +125,28 @@ class CocoEvaluator(Evaluator):
         """The collected ground truth as a COCO dataset dict."""
         return {"images": self.images, "annotations": self.gt,
                 "categories": [{"id": c, "name": n} for c, n in zip(self.category_ids, self.classes)]}
+
+    def merge(self, shards: list[CocoEvaluator]) -> None:
+        """Images, ground truth and detections of all ranks in sample order; annotation ids (and
+        image ids this evaluator counted itself) renumbered as one process numbers them."""
+        def per_image(s):
+            gt, res = {}, {}
+            for a in s.gt:
+                gt.setdefault(a["image_id"], []).append(a)
+            for r in s.results:
+                res.setdefault(r["image_id"], []).append(r)
+            return [(img, gt.get(img["id"], []), res.get(img["id"], [])) for img in s.images]
+
+        own = any(s._own_ids for s in shards)
+        items = interleave([per_image(s) for s in shards])  # before reset: self may be a shard
+        self.reset()
+        for position, (img, gt, res) in enumerate(items):
+            image_id = position if own else img["id"]
+            self.images.append({**img, "id": image_id})
+            self.gt += [{**a, "id": len(self.gt) + k + 1, "image_id": image_id} for k, a in enumerate(gt)]
+            self.results += [{**r, "image_id": image_id} for r in res]
+        self._next_id = len(self.images)
+        self._own_ids = own
 
     def compute(self) -> dict[str, float]:
         metrics: dict[str, float] = {}

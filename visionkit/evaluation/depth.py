@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from visionkit.evaluation.base import Evaluator
+from visionkit.evaluation.base import Evaluator, interleave
 
 METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog")
 #: crop boxes as fractions (top, bottom, left, right) of the ground truth's height and width
@@ -121,6 +121,7 @@ class DepthEvaluator(Evaluator):
         self.per_image: list[dict[str, float]] = []
         self.skipped = 0
         self.scales: list[float] = []
+        self.scored: list[bool] = []  # per image, in order: scored (True) or skipped
 
     def process(self, batch: dict, predictions) -> None:
         target = batch["depth"]
@@ -132,7 +133,8 @@ class DepthEvaluator(Evaluator):
                                                    mode="bilinear", align_corners=False)[:, 0]
         for p, t in zip(pred.detach().float(), target.detach().float()):
             valid = valid_mask(t, self.min_depth, self.max_depth, self.crop)
-            if not valid.any():
+            self.scored.append(bool(valid.any()))
+            if not self.scored[-1]:
                 self.skipped += 1
                 continue
             p, t = p[valid], t[valid]
@@ -142,6 +144,17 @@ class DepthEvaluator(Evaluator):
                 p = p * scale
             p = p.clamp(self.min_depth, self.max_depth)
             self.per_image.append(error_sums(p, t))
+
+    def merge(self, shards: list[DepthEvaluator]) -> None:
+        def per_sample(s):  # (sums, scale) per scored image, None per skipped one
+            sums, scales = iter(s.per_image), iter(s.scales)
+            return [(next(sums), next(scales, None)) if ok else None for ok in s.scored]
+
+        items = interleave([per_sample(s) for s in shards])
+        self.scored = [x is not None for x in items]
+        self.per_image = [x[0] for x in items if x is not None]
+        self.scales = [x[1] for x in items if x is not None and x[1] is not None]
+        self.skipped = sum(s.skipped for s in shards)
 
     def compute(self) -> dict[str, float]:
         if not self.per_image:

@@ -77,6 +77,9 @@ class MIoUEvaluator(Evaluator):
             self.confusion += confusion_matrix(t.detach().cpu(), p.detach().cpu(), len(self.classes),
                                                self.ignore_index)
 
+    def merge(self, shards: list[MIoUEvaluator]) -> None:
+        self.confusion = sum((s.confusion for s in shards), torch.zeros_like(self.confusion))
+
     def compute(self) -> dict[str, float]:
         out, per_class = scores_from_confusion(self.confusion)
         # per-class IoU as scalars for TensorBoard; absent classes have none (see the rule above)
