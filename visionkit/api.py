@@ -38,7 +38,10 @@ def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Seq
     """
     cfg = _cfg(config, overrides)
     trainer = Trainer(cfg, checkpoint=checkpoint, splits=(split,), log=log)
-    metrics, details = trainer.evaluate(split, with_details=True)
+    try:
+        metrics, details = trainer.evaluate(split, with_details=True)
+    finally:
+        trainer.close()
     out = Path(output) if output else Path(checkpoint).parent.parent / f"eval_{split}.json"
     if not trainer.group.is_main:  # under torchrun rank 0 holds the reduced results and writes them
         return metrics, details, out

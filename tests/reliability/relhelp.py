@@ -36,8 +36,11 @@ class Paused:
         self.marker = tmp_path / f"paused-{time.monotonic_ns()}"
         env = cli_env(**faults)
         env["VISIONKIT_FAULT_MARKER"] = str(self.marker)
+        # its own session (process group), so a test can signal the run and its loader workers
+        # together, as a job scheduler or `timeout` does, without signalling pytest
         self.proc = subprocess.Popen([sys.executable, "-m", "visionkit", *map(str, args)], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
 
     def wait(self, timeout=240) -> "Paused":
         deadline = time.monotonic() + timeout
@@ -51,8 +54,11 @@ class Paused:
             time.sleep(0.05)
         return self
 
-    def signal(self, sig=signal.SIGKILL, timeout=120) -> tuple[int, str, str]:
-        self.proc.send_signal(sig)
+    def signal(self, sig=signal.SIGKILL, timeout=120, group=False) -> tuple[int, str, str]:
+        if group:  # the run and every process it started (its DataLoader workers)
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out, err
 

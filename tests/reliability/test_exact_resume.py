@@ -68,3 +68,21 @@ def test_sigterm_saves_a_checkpoint_and_resumes_to_the_same_weights(cli_config, 
     r = run_cli("train", cfg, "--run-dir", part, "--resume")
     assert r.returncode == 0, r.stderr
     assert_bitwise_equal(weights(part / "checkpoints" / "last.pt"), weights(full / "checkpoints" / "last.pt"))
+
+
+def test_sigterm_to_the_whole_process_group_still_checkpoints_and_resumes(cli_config, tmp_path):
+    # SLURM's scancel, `timeout` and `kill -TERM -PGID` signal the loader workers too; they must
+    # leave the stop to the main process (a worker dying first used to fail the run with "data
+    # loading failed" and no checkpoint of the last step)
+    cfg = cli_config(**{"train.epochs": 1})  # two loader workers
+    full = tmp_path / "full"
+    assert run_cli("train", cfg, "--run-dir", full).returncode == 0
+
+    part = tmp_path / "part"
+    code, out, err = Paused(tmp_path, "train", cfg, "--run-dir", part, pause_after_step=3).wait().signal(
+        signal.SIGTERM, group=True)
+    assert code == 130, err
+    assert "stopped by SIGTERM at epoch 1 batch 3 (step 3)" in err
+    r = run_cli("train", cfg, "--run-dir", part, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert_bitwise_equal(weights(part / "checkpoints" / "last.pt"), weights(full / "checkpoints" / "last.pt"))

@@ -8,8 +8,10 @@ a label per sample; a pool is split once, stratified and seeded, and the split i
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -245,10 +247,26 @@ def build_datasets(cfg, task_cls, run_dir: Path | None = None, splits: tuple[str
     return out, source
 
 
+#: seconds a loader worker lives on after a SIGTERM, for the main process to finish its step,
+#: save a checkpoint and shut the workers down itself
+WORKER_TERM_GRACE = 120.0
+
+
 def _worker_init(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group; workers leave it to the main process, which
-    saves a checkpoint before stopping them (a worker that died first would lose it)."""
+    """Ctrl-C, and a SIGTERM from a job scheduler (SLURM's scancel), `timeout` or `kill -TERM
+    -PGID`, reach the whole process group; workers leave the stop to the main process, which
+    saves a checkpoint before stopping them. A worker that died first would make torch's loader
+    raise in the main process, possibly in the middle of a step, and lose that checkpoint."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+
+
+def _worker_sigterm(signum, frame) -> None:
+    # not ignored outright: a worker that never hears from the main process again (a hung one,
+    # which the loader's own shutdown then signals) still ends after the grace period
+    timer = threading.Timer(WORKER_TERM_GRACE, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()
 
 
 def build_loader(dataset: SplitView, cfg, train: bool, device: torch.device, *,

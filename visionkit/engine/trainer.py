@@ -407,7 +407,15 @@ class Trainer:
                 self._shutdown_loaders()
                 raise self._loader_failed(e) from e
             raise
+        finally:
+            # stop the loader workers here, on every way out: left to the interpreter's exit they
+            # get a SIGTERM, which they answer only after a grace period (see data.build)
+            self._shutdown_loaders()
         return self.last_metrics
+
+    def close(self) -> None:
+        """Stop the data loader workers (``fit`` does it itself; call it after ``evaluate``)."""
+        self._shutdown_loaders()
 
     def _shutdown_loaders(self) -> None:
         """Stop the surviving workers now, which also unregisters them from torch's SIGCHLD
