@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from visionkit import Trainer, load_config
+from visionkit import Trainer
 from visionkit.engine.hooks import Hook
 
 

@@ -36,6 +36,35 @@ def test_default_stops_naming_step_and_terms_and_saves_nothing(tiny_cfg, tmp_pat
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
+def test_deferred_loss_reads_stop_at_the_same_step_before_any_checkpoint(tiny_cfg, tmp_path):
+    # on CUDA the losses are read every log_every steps (one device sync), not after every step;
+    # forced here on the CPU: the NaN of batch 4 is still named as step 3, and the mid-epoch
+    # checkpoint due after step 4 (checkpoint_every_steps 2) is never written with it
+    cfg = tiny_cfg(**{"train.epochs": 1, "train.log_every": 5, "train.checkpoint_every_steps": 4})
+    trainer = Trainer(cfg, tmp_path / "r", log=lambda *a: None)
+    assert trainer.defer_reads is False  # CPU: read at once
+    trainer.defer_reads = True
+    nan_at(trainer, {4})
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1 step 3 \(loss_ce=nan\)"):
+        trainer.fit()
+    assert not list((tmp_path / "r" / "checkpoints").glob("*.pt"))
+
+
+def test_deferred_loss_reads_log_and_train_exactly_as_reading_at_once(tiny_cfg, tmp_path):
+    runs = {}
+    for defer in (False, True):
+        # a mid-epoch checkpoint every 3 steps reads the losses inside a log window
+        trainer = Trainer(tiny_cfg(**{"train.epochs": 2, "train.log_every": 4, "train.checkpoint_every_steps": 3}),
+                          tmp_path / str(defer), log=lambda *a: None)
+        trainer.defer_reads = defer
+        trainer.fit()
+        rows = [r for r in read_jsonl(tmp_path / str(defer) / "metrics.jsonl") if r["split"] == "train"]
+        runs[defer] = ([(r["step"], round(r["loss"], 5), r["lr"]) for r in rows], trainer.task.state_dict())
+    assert runs[True][0] == runs[False][0] and len(runs[True][0]) == 4  # steps 4, 6 (epoch end), 10, 12
+    for k, v in runs[False][1].items():
+        assert torch.equal(v, runs[True][1][k]), k
+
+
 def test_skip_drops_bad_batches_and_counts_them(tiny_cfg, tmp_path):
     cfg = tiny_cfg(**{"train.epochs": 2, "train.on_nonfinite": "skip", "train.max_nonfinite_steps": 3})
     logs = []
