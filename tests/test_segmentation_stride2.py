@@ -101,7 +101,27 @@ CANDIDATES = sorted((Path(__file__).resolve().parents[1] / "configs" / "segmenta
 
 
 @pytest.mark.parametrize("path", CANDIDATES, ids=lambda p: p.name)
-def test_candidate_recipes_build_a_stride_2_head_and_score_the_test_split(path):
+def test_candidate_recipes_build_and_score_the_test_split(path):
     cfg = load_config(path)
     task = TASKS.get("segmentation").from_config(cfg, {"classes": ["background", *"abcdef"]})
-    assert task.head.stride == 2 and cfg.train.final_test
+    assert task.head.stride == (2 if "stem" in (cfg.model.backbone.out_stages or []) else 4)
+    assert cfg.train.final_test
+
+
+@pytest.mark.parametrize("factor", [0.8, 0.85, 1.1, 1.25])
+def test_random_scale_keeps_labels_on_the_images_edges(factor):
+    """A label is the class that covers most of its pixel in the resized image, so object rims
+    are labelled as the image shows them (plain 'nearest' shifted them by up to half a pixel)."""
+    from torchvision import tv_tensors
+
+    from visionkit.data.segmentation_transforms import RandomScale
+
+    image = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    labels = torch.zeros(64, 64, dtype=torch.uint8)
+    for edge in range(9, 60, 10):  # vertical stripes: edges at many sub-pixel phases after the resize
+        image[:, :, edge:edge + 5], labels[:, edge:edge + 5] = 255, 1
+    img, sem = RandomScale((factor, factor))(tv_tensors.Image(image), tv_tensors.Mask(labels))
+    assert set(sem.unique().tolist()) <= {0, 1}
+    bright = img[0].float() / 255
+    sure = (bright - 0.5).abs() > 0.1  # pixels the image itself does not leave at a coin toss
+    assert torch.equal((bright > 0.5)[sure], (sem == 1)[sure])
