@@ -174,3 +174,22 @@ def test_visualize_shows_input_prediction_truth_and_error(shapes_root, tmp_path)
     assert (error == torch.tensor([0, 0, 4]).view(3, 1, 1)).all()  # exact prediction: zero error colour
     only_pred = task.visualize({"images": images}, pred, 8)
     assert only_pred.shape[-1] == 4 * (2 + 2 * 34)  # input | prediction
+
+
+@pytest.mark.parametrize("factor", [0.8, 0.85, 1.1, 1.25])
+def test_random_scale_keeps_depth_edges_on_the_images_edges(factor):
+    """Depth is resampled at pixel centres like the image (plain 'nearest' put object rims up to
+    half a pixel off, giving them the depth of the other side); values are never blended."""
+    from torchvision import tv_tensors
+
+    from visionkit.tasks.depth import RandomScale
+
+    image = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    depth = torch.full((1, 64, 64), 8.0)
+    for edge in range(9, 60, 10):  # stripes near the camera, edges at many sub-pixel phases
+        image[:, :, edge:edge + 5], depth[:, :, edge:edge + 5] = 255, 2.0
+    img, dep = RandomScale(factor, factor)(tv_tensors.Image(image), tv_tensors.Mask(depth))
+    assert set(dep.unique().tolist()) <= {2.0, 8.0}
+    bright = img[0].float() / 255
+    sure = (bright - 0.5).abs() > 0.1
+    assert torch.equal((bright > 0.5)[sure], (dep[0] == 2.0)[sure])

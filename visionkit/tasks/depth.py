@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import query_size
@@ -48,6 +49,11 @@ class RandomScale(v2.Transform):
         return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
 
     def transform(self, inpt, params):
+        if isinstance(inpt, tv_tensors.Mask):
+            # depth values are never blended; "nearest-exact" samples each output pixel's centre as
+            # the image's resize does (plain "nearest" shifts by up to half an input pixel, so
+            # object rims got the depth of the wrong side), as for segmentation labels
+            return TF.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
         return TF.resize(inpt, params["size"], antialias=True)
 
 
