@@ -95,6 +95,20 @@ def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: 
     task.to(device)
     transform = type(task).sample_transform(cfg, train=False)
     mode = ImageReadMode.GRAY if cfg.data.channels == 1 else ImageReadMode.RGB
+
+    def infer(image, path):
+        sample = transform({"image": image, "path": str(path)})
+        batch = task.preprocess({"images": sample["image"][None].to(device)})
+        with torch.no_grad():
+            return batch, task.predict(batch)
+
+    return predict_images(task, inputs, mode, infer, out_dir, log)
+
+
+def predict_images(task, inputs: Sequence[str], mode: ImageReadMode, infer, out_dir=None, log=print) -> list[dict]:
+    """The loop of every ``visionkit predict``: decode each input, ``infer(image, path) -> (batch,
+    preds)``, print the task's one-line description; with ``out_dir``, write each drawing, the
+    task's own files and ``predictions.json``."""
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -104,10 +118,7 @@ def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: 
             image = decode_image(str(path), mode=mode)
         except (RuntimeError, ValueError) as e:
             raise DataError(f"cannot decode image '{path}': {e}") from None
-        sample = transform({"image": image, "path": str(path)})
-        batch = task.preprocess({"images": sample["image"][None].to(device)})
-        with torch.no_grad():
-            preds = task.predict(batch)
+        batch, preds = infer(image, path)
         rec = {"path": str(path), **task.record(preds, 0)}
         log(f"{path}: {task.describe(preds, 0)}")
         if out:

@@ -10,14 +10,10 @@ turned into the task's own prediction format and written by the task's own ``des
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from torch import nn
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
-from torchvision.utils import save_image
 
 from visionkit.errors import ConfigError, DataError
 from visionkit.export.formats import Runner
@@ -77,7 +73,7 @@ def predictions(meta: dict, view, outputs: list[torch.Tensor]):
 def predict_onnx(model, inputs, out_dir=None, checkpoint=None, log=print) -> list[dict]:
     """Predict every input image with an exported ONNX model; the same lines, drawings and
     ``predictions.json`` as :func:`visionkit.api.predict`."""
-    from visionkit.api import list_images
+    from visionkit.api import predict_images
 
     if checkpoint:
         raise ConfigError(f"'{model}' is an exported model; predict with it takes no --checkpoint")
@@ -90,15 +86,8 @@ def predict_onnx(model, inputs, out_dir=None, checkpoint=None, log=print) -> lis
     mean = torch.tensor(meta["mean"]).view(1, c, 1, 1)
     std = torch.tensor(meta["std"]).view(1, c, 1, 1)
     fixed = None if meta["dynamic"] or meta["task"] == "classification" else tuple(meta["input_size"])
-    out = Path(out_dir) if out_dir else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i, path in enumerate(list_images(inputs)):
-        try:
-            image = decode_image(str(path), mode=mode)
-        except (RuntimeError, ValueError) as e:
-            raise DataError(f"cannot decode image '{path}': {e}") from None
+
+    def infer(image, path):
         image = prep(image)
         if fixed is not None and tuple(image.shape[-2:]) != fixed:
             raise DataError(f"'{model}' was exported for {fixed[0]}x{fixed[1]} images but '{path}' is "
@@ -106,18 +95,6 @@ def predict_onnx(model, inputs, out_dir=None, checkpoint=None, log=print) -> lis
         x01 = image[None].float() / 255
         normed = (x01 - mean) / std
         preds = predictions(meta, view, runner(x01 if meta["normalize_in_graph"] else normed))
-        rec = {"path": str(path), **view.record(preds, 0)}
-        log(f"{path}: {view.describe(preds, 0)}")
-        if out:
-            stem = f"{i:05d}_{path.stem}"
-            batch = {"images": [x01[0]] if meta["task"] == "detection" else normed}
-            vis = view.visualize(batch, preds, 1)
-            save_image(vis.float() / 255, out / f"{stem}.png")
-            files = view.write_outputs(preds, 0, out, stem)
-            if files:
-                rec["files"] = files
-        records.append(rec)
-    if out:
-        (out / "predictions.json").write_text(json.dumps(records, indent=2))
-        log(f"wrote {len(records)} drawings and predictions.json to {out}")
-    return records
+        return {"images": [x01[0]] if meta["task"] == "detection" else normed}, preds
+
+    return predict_images(view, inputs, mode, infer, out_dir, log)
