@@ -44,6 +44,13 @@ class TrainingInterrupted(VisionKitError):
     exit_code = 130
 
 
+def _nonfinite_stop(where: str, terms: str) -> NonFiniteLossError:
+    """The error of ``train.on_nonfinite: stop``, whether the loss was read at once or later."""
+    return NonFiniteLossError(
+        f"non-finite loss at {where} ({terms}); no checkpoint was written with it; lower "
+        "train.optimizer.lr or set train.clip_grad_norm (or train.on_nonfinite: skip)")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -504,9 +511,7 @@ class Trainer:
         where = f"epoch {self.epoch + 1} step {self.global_step}"
         self.nonfinite_streak += 1
         if t.on_nonfinite == "stop":
-            raise NonFiniteLossError(
-                f"non-finite loss at {where} ({terms}); no checkpoint was written with it; lower "
-                "train.optimizer.lr or set train.clip_grad_norm (or train.on_nonfinite: skip)")
+            raise _nonfinite_stop(where, terms)
         if self.nonfinite_streak >= t.max_nonfinite_steps:
             raise NonFiniteLossError(
                 f"non-finite loss at {where} ({terms}), {self.nonfinite_streak} batches in a row "
@@ -530,10 +535,7 @@ class Trainer:
         for u, ok, vals in zip(unread, finite, values):
             if not ok:
                 terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(u["losses"], vals))
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {u['epoch'] + 1} step {u['step']} ({terms}); no checkpoint was "
-                    "written with it; lower train.optimizer.lr or set train.clip_grad_norm "
-                    "(or train.on_nonfinite: skip)")
+                raise _nonfinite_stop(f"epoch {u['epoch'] + 1} step {u['step']}", terms)
         now = self.global_step
         try:  # the hooks see each step as it was (a log window closing there is logged at its step)
             for u, vals in zip(unread, values):
