@@ -256,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.debug = debug
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        if code == 0 and "visionkit.engine.distributed" in sys.modules:  # under torchrun: leave together
+            sys.modules["visionkit.engine.distributed"].shutdown()
+        return code
     except VisionKitError as e:
         if args.debug:
             raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -172,6 +173,24 @@ def _attempt_store(world: int, timeout: timedelta):
 def _leave() -> None:
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
+
+
+def shutdown() -> None:
+    """Leave the group together at the end of a successful command, while Python is still whole.
+
+    The DDP reducer and gloo's worker threads hold references to the process group and to
+    tensors; left to the interpreter's finalization they are destroyed in an order that varies
+    from run to run, and a gloo thread that then needs the GIL aborts the process ("terminate
+    called without an active exception", SIGABRT: torchrun reports the rank as failed after a
+    finished run). Collecting them first, waiting for every rank, then destroying the group
+    ends each process cleanly; the barrier also keeps the rank whose agent hosts the rendezvous
+    store from leaving while the others still use it. Not for failure paths: a barrier there
+    would wait for ranks that are gone (the atexit hook destroys the group without one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def restart_count() -> int:
