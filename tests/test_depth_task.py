@@ -182,13 +182,13 @@ def test_random_scale_keeps_depth_edges_on_the_images_edges(factor):
     half a pixel off, giving them the depth of the other side); values are never blended."""
     from torchvision import tv_tensors
 
-    from visionkit.tasks.depth import RandomScale
+    from visionkit.data.segmentation_transforms import RandomScale
 
     image = torch.zeros(1, 64, 64, dtype=torch.uint8)
     depth = torch.full((1, 64, 64), 8.0)
     for edge in range(9, 60, 10):  # stripes near the camera, edges at many sub-pixel phases
         image[:, :, edge:edge + 5], depth[:, :, edge:edge + 5] = 255, 2.0
-    img, dep = RandomScale(factor, factor)(tv_tensors.Image(image), tv_tensors.Mask(depth))
+    img, dep = RandomScale((factor, factor))(tv_tensors.Image(image), tv_tensors.Mask(depth))
     assert set(dep.unique().tolist()) <= {2.0, 8.0}
     bright = img[0].float() / 255
     sure = (bright - 0.5).abs() > 0.1

@@ -2,8 +2,9 @@
 
 The image is a ``tv_tensors.Image`` and the label map a ``tv_tensors.Mask``, so one v2 pipeline
 moves both: masks are resized with nearest-neighbour interpolation at pixel centres (a label is
-never blended into a class that is not there, and it stays on the image's edges) and pads them with the fill given for ``Mask`` -- the ignore value, so
-padding never counts as background.
+never blended into a class that is not there, and it stays on the image's edges) and padded with
+the fill given for ``Mask`` -- the ignore value, so padding never counts as background.
+:class:`RandomScale` also moves depth maps (depth's joint transforms carry them as masks).
 """
 
 from __future__ import annotations

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import query_size
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.depth import depth_scale, write_depth_png
+from visionkit.data.segmentation_transforms import RandomScale
 from visionkit.errors import ConfigError, DataError
 from visionkit.evaluation.depth import CROPS, DepthEvaluator, valid_mask
 from visionkit.models.build import build_backbone
@@ -34,27 +34,6 @@ from visionkit.tasks.base import Task
 from visionkit.visualize import denormalize
 
 KB_CROP = (352, 1216)  # KITTI benchmark crop (Uhrig et al. 2017): the rows the LiDAR covers
-
-
-class RandomScale(v2.Transform):
-    """Resize image and depth by one random factor in ``[lo, hi]`` (depth: nearest, values kept)."""
-
-    def __init__(self, lo: float, hi: float):
-        super().__init__()
-        self.lo, self.hi = lo, hi
-
-    def make_params(self, flat_inputs):
-        h, w = query_size(flat_inputs)
-        s = float(torch.empty(()).uniform_(self.lo, self.hi))
-        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
-
-    def transform(self, inpt, params):
-        if isinstance(inpt, tv_tensors.Mask):
-            # depth values are never blended; "nearest-exact" samples each output pixel's centre as
-            # the image's resize does (plain "nearest" shifts by up to half an input pixel, so
-            # object rims got the depth of the wrong side), as for segmentation labels
-            return TF.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
-        return TF.resize(inpt, params["size"], antialias=True)
 
 
 class BottomCenterCrop(v2.Transform):
@@ -80,7 +59,7 @@ def depth_transforms(train: bool, d, hflip: float) -> v2.Compose:
         steps.append(v2.Resize(tuple(d.resize), antialias=True))
     if train:
         if tuple(d.scale) != (1.0, 1.0):
-            steps.append(RandomScale(*d.scale))
+            steps.append(RandomScale(d.scale))  # depth maps as labels: nearest-exact, never blended
         if d.crop:
             steps.append(v2.RandomCrop(tuple(d.crop), pad_if_needed=True, fill=0))
         if hflip > 0:
