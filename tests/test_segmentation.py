@@ -81,6 +81,40 @@ def test_ignored_pixels_do_not_count_and_class_weights_and_dice_change_the_loss(
     assert set(terms) == {"loss_ce", "loss_dice"} and 0 < terms["loss_dice"] <= 0.5
 
 
+def test_label_boundaries_mark_both_sides_of_a_rim_and_not_the_image_border():
+    from visionkit.tasks.segmentation import label_boundaries
+
+    t = torch.zeros(1, 6, 6, dtype=torch.long)
+    t[0, 2:4, 2:4] = 1  # a 2x2 object: every pixel within 1 px (8-neighbourhood) of it is a rim
+    expected = torch.zeros(1, 6, 6, dtype=torch.bool)
+    expected[0, 1:5, 1:5] = True
+    assert torch.equal(label_boundaries(t), expected)
+    assert not label_boundaries(torch.ones(2, 5, 7, dtype=torch.long)).any()
+
+
+def test_boundary_weight_is_a_weighted_mean_that_favours_rim_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 6, 6)
+    target = torch.zeros(1, 6, 6, dtype=torch.long)
+    target[0, 2:4, 2:4] = 1
+    target[0, 0, 0] = 255  # ignored: no weight, no loss
+    plain = make_task(head="semantic_fpn")
+    nll = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")[0]
+    rim = torch.zeros(6, 6, dtype=torch.bool)
+    rim[1:5, 1:5] = True
+    rim[0:2, 0:2] = True  # the ignored corner is a label change for its neighbours
+    w = torch.where(rim, 3.0, 1.0)
+    w[0, 0] = 0
+    heavy = make_task(head="semantic_fpn", boundary_weight=3.0)
+    assert torch.allclose(heavy._ce(logits, target), (nll * w).sum() / w.sum())
+    assert torch.allclose(plain._ce(logits, target), nll.sum() / 35)  # 1.0 is the plain mean
+    # with class weights: each pixel's weight is class weight x rim factor, normalised by their sum
+    cw = torch.tensor([0.5, 2.0, 1.0])
+    both = make_task(head="semantic_fpn", boundary_weight=3.0, class_weights=cw.tolist())
+    wc = w * cw[target[0].clamp(max=2)]
+    assert torch.allclose(both._ce(logits, target), (nll * wc).sum() / wc.sum())
+
+
 def test_shuffle_upsampling_starts_as_the_bilinear_head_and_learns_sub_pixel_logits():
     torch.manual_seed(0)
     plain = make_task(head="semantic_fpn").eval()

@@ -31,6 +31,14 @@ from visionkit.tasks.base import Task
 from visionkit.visualize import denormalize
 
 
+def label_boundaries(target: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` bool: pixels with a different label value (ignore included) in their 3x3
+    neighbourhood (the image border is not a change)."""
+    t = target.unsqueeze(1).float()
+    pad = F.pad(t, (1, 1, 1, 1), mode="replicate")
+    return (F.max_pool2d(pad, 3, 1) != -F.max_pool2d(-pad, 3, 1)).squeeze(1)
+
+
 @TASKS.register("segmentation")
 class SegmentationTask(Task):
     monitor = ("mIoU", "max")
@@ -92,6 +100,8 @@ class SegmentationTask(Task):
             "ignore_index": Field(int, 255, min=0, max=255, help="label value left out of loss and scores"),
             "class_weights": Field([float], None, nullable=True, min=0, help="cross-entropy weight per class"),
             "dice_weight": Field(float, 0.0, min=0, help="weight of the soft Dice loss term"),
+            "boundary_weight": Field(float, 1.0, min=0,
+                                     help="cross-entropy weight of pixels within 1 px of a label change (1: off)"),
             "inference": Field(str, "whole", choices=("whole", "slide")),
             "window": Field(int, None, nullable=True, min=8, help="slide: window side; null: data.image_size"),
             "stride": Field(int, None, nullable=True, min=1, help="slide: step; null: 2/3 of the window"),
@@ -101,7 +111,7 @@ class SegmentationTask(Task):
                  fpn_channels: int = 256, atrous_rates=(12, 24, 36), upsample: str = "bilinear", refine: str | None = None,
                  refine_channels: int | None = None, aux: bool = False,
                  aux_stage: str | None = None, aux_weight: float = 0.4, ignore_index: int = 255,
-                 class_weights=None, dice_weight: float = 0.0, inference: str = "whole",
+                 class_weights=None, dice_weight: float = 0.0, boundary_weight: float = 1.0, inference: str = "whole",
                  window: int = 512, stride: int | None = None, palette=None, mean=(0.0,), std=(1.0,)):
         super().__init__()
         self.backbone = backbone
@@ -117,6 +127,7 @@ class SegmentationTask(Task):
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
         self.dice_weight = dice_weight
+        self.boundary_weight = boundary_weight
         self.register_buffer("class_weights", None if class_weights is None
                              else torch.tensor(class_weights, dtype=torch.float32), False)
         self.inference, self.window = inference, window
@@ -146,6 +157,7 @@ class SegmentationTask(Task):
                        atrous_rates=h.atrous_rates, upsample=h.upsample, refine=h.refine, refine_channels=h.refine_channels,
                        aux=h.aux, aux_stage=h.aux_stage, aux_weight=h.aux_weight,
                        ignore_index=h.ignore_index, class_weights=h.class_weights, dice_weight=h.dice_weight,
+                       boundary_weight=h.boundary_weight,
                        inference=h.inference, window=h.window or cfg.data.image_size, stride=h.stride,
                        palette=parse_palette(cfg.data.segmentation.palette, n),
                        mean=cfg.data.mean, std=cfg.data.std)
@@ -211,8 +223,17 @@ class SegmentationTask(Task):
 
     def _ce(self, logits, target):
         w = self.class_weights
-        return F.cross_entropy(logits.float(), target, weight=None if w is None else w.to(logits.device),
-                               ignore_index=self.ignore_index)
+        w = None if w is None else w.to(logits.device)
+        if self.boundary_weight == 1.0:
+            return F.cross_entropy(logits.float(), target, weight=w, ignore_index=self.ignore_index)
+        # a weighted mean over the labelled pixels: weight = class weight x (boundary_weight on
+        # pixels whose 3x3 neighbourhood holds another label, 1 elsewhere), as cross_entropy's own
+        # class-weighted mean divides by the summed weights
+        nll = F.cross_entropy(logits.float(), target, weight=w, ignore_index=self.ignore_index, reduction="none")
+        valid = target != self.ignore_index
+        factor = torch.where(label_boundaries(target), self.boundary_weight, 1.0)
+        weight = valid * factor if w is None else w[target.clamp(max=w.numel() - 1)] * valid * factor
+        return (nll * factor).sum() / weight.sum().clamp(min=1e-12)
 
     def _dice(self, logits, target):
         """1 - mean over classes of the soft Dice coefficient, ignore pixels left out."""
