@@ -45,7 +45,13 @@ def test_quick_run_has_every_selected_row_with_sane_numbers(tmp_path, capsys, mo
         for r in by_bench[name]:
             assert "failed" not in r.get("note", ""), r
             assert positive(r["ours"]) and positive(r["baseline"]), r
-            assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"])
+            if "paired_ratios" in r["details"]:  # row 1: the median of each repeat's ratio
+                pairs = [x / y for x, y in zip(r["details"]["ours_runs"], r["details"]["baseline_runs"])]
+                assert r["details"]["paired_ratios"] == pytest.approx(pairs)
+                assert r["ratio"] == pytest.approx(sorted(pairs)[len(pairs) // 2] if len(pairs) % 2
+                                                   else sum(sorted(pairs)[len(pairs) // 2 - 1:][:2]) / 2)
+            else:
+                assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"])
             assert r["met"] in (True, False)
             assert DETAIL_KEYS <= set(r["details"]), r["details"]
             assert r["details"]["threads"] == 1 and r["details"]["repeats"] >= 1
@@ -75,3 +81,12 @@ def test_list_names_every_benchmark(capsys):
     out = capsys.readouterr().out
     for name in ("trainer_step", "end_to_end", "pipeline", "flops", "coco_eval", "memory", "gpu"):
         assert name in out
+
+
+def test_alternate_flips_the_order_every_repeat_so_neither_side_always_runs_first():
+    from visionkit.bench.common import alternate
+
+    calls = []
+    ours, base = alternate(lambda: calls.append("ours") or 1.0, lambda: calls.append("base") or 2.0, 4)
+    assert calls == ["ours", "base", "base", "ours", "ours", "base", "base", "ours"]
+    assert ours == [1.0] * 4 and base == [2.0] * 4

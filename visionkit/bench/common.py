@@ -9,7 +9,6 @@ of load from another process hits both sides alike instead of one.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import re
 import statistics
@@ -82,11 +81,19 @@ def unavailable(figure: str, target: str, unit: str, why: str, info: dict | None
 
 
 def alternate(ours: Callable[[], float], baseline: Callable[[], float], repeats: int) -> tuple[list, list]:
-    """Call ``ours`` and ``baseline`` in turn ``repeats`` times; each returns its own measurement."""
+    """Call ``ours`` and ``baseline`` in turn ``repeats`` times; each returns its own measurement.
+
+    The order flips every repeat (ours first, then the baseline first, ...: ABBA), so a
+    systematic advantage of running first or second -- the other side's freed memory, caches, a
+    clock that has just ramped up -- is shared instead of all landing on one side."""
     a, b = [], []
-    for _ in range(repeats):
-        a.append(ours())
-        b.append(baseline())
+    for i in range(repeats):
+        if i % 2:
+            b.append(baseline())
+            a.append(ours())
+        else:
+            a.append(ours())
+            b.append(baseline())
     return a, b
 
 
@@ -171,6 +178,3 @@ def textbook_loop(model: torch.nn.Module, optimizer, images, labels, steps: int,
         optimizer.step()
 
 
-def clone_model(model: torch.nn.Module) -> torch.nn.Module:
-    """An independent copy with the same weights (the baseline trains its own)."""
-    return copy.deepcopy(model)

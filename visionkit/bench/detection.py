@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from visionkit.bench import common
 from visionkit.registry import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,10 +63,7 @@ def _time(fn) -> float:
 def _alternate(ours, base, repeats: int) -> tuple[float, float]:
     """Median seconds of each side, run in alternation after one warm-up call each."""
     ours(), base()
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(_time(ours))
-        b.append(_time(base))
+    a, b = common.alternate(lambda: _time(ours), lambda: _time(base), repeats)
     return statistics.median(a), statistics.median(b)
 
 

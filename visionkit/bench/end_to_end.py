@@ -66,8 +66,8 @@ def measure(backbone: str, size: int, batch: int, train: int, epochs: int, folde
 
     def baseline(trainer) -> float:
         """Images/s of the textbook loop on one in-memory batch, for ``steps`` steps."""
-        if not state:  # an identical copy of the model as it was built, with its own optimizer
-            state["model"] = common.clone_model(first_model)
+        if not state:  # an identical model (same config and seed), with its own optimizer
+            state["model"] = twin.task
             state["opt"] = build_optimizer(state["model"], cfg.train.optimizer)
             state["batch"] = batch_for(backbone, size, batch, trainer.device)
             common.textbook_loop(state["model"], state["opt"], *state["batch"], 1)  # warm-up
@@ -79,7 +79,8 @@ def measure(backbone: str, size: int, batch: int, train: int, epochs: int, folde
     timer = EpochTimer(baseline)
     start = time.perf_counter()
     trainer = Trainer(cfg, folder / f"run_{backbone}_{size}", hooks=[timer], log=lambda *a, **k: None)
-    first_model = common.clone_model(trainer.task)
+    # built the way the trainer's model is, not deep-copied (see trainer_step.compare)
+    twin = Trainer(cfg, folder / f"run_{backbone}_{size}_baseline", log=lambda *a, **k: None)
     trainer.fit()
     wall = time.perf_counter() - start  # includes the baseline passes; reported for orientation
     # the first epoch pays for starting the workers once (they persist); steady epochs are the rest
