@@ -214,25 +214,33 @@ class SegmentationTask(Task):
         with_aux = self.aux_head is not None
         out = self._logits(images, with_aux)
         logits, aux = out if with_aux else (out, None)
-        losses = {"loss_ce": self._ce(logits, target)}
+        # the rim factor depends on the labels only: computed once for the main and the aux loss
+        factor = self._rim_factor(target)
+        losses = {"loss_ce": self._ce(logits, target, factor)}
         if self.dice_weight > 0:
             losses["loss_dice"] = self.dice_weight * self._dice(logits, target)
         if aux is not None:
-            losses["loss_aux"] = self.aux_weight * self._ce(aux, target)
+            losses["loss_aux"] = self.aux_weight * self._ce(aux, target, factor)
         return losses
 
-    def _ce(self, logits, target):
+    def _rim_factor(self, target):
+        """Per-pixel loss factor: ``boundary_weight`` on pixels whose 3x3 neighbourhood holds
+        another label, 1 elsewhere; None when ``boundary_weight`` is 1 (off)."""
+        if self.boundary_weight == 1.0:
+            return None
+        return torch.where(label_boundaries(target), self.boundary_weight, 1.0)
+
+    def _ce(self, logits, target, factor=None):
         w = self.class_weights
         w = None if w is None else w.to(logits.device)
-        if self.boundary_weight == 1.0:
+        if factor is None:
             return F.cross_entropy(logits.float(), target, weight=w, ignore_index=self.ignore_index)
-        # a weighted mean over the labelled pixels: weight = class weight x (boundary_weight on
-        # pixels whose 3x3 neighbourhood holds another label, 1 elsewhere), as cross_entropy's own
-        # class-weighted mean divides by the summed weights
+        # a weighted mean over the labelled pixels: weight = class weight x rim factor, as
+        # cross_entropy's own class-weighted mean divides by the summed weights
         nll = F.cross_entropy(logits.float(), target, weight=w, ignore_index=self.ignore_index, reduction="none")
-        valid = target != self.ignore_index
-        factor = torch.where(label_boundaries(target), self.boundary_weight, 1.0)
-        weight = valid * factor if w is None else w[target.clamp(max=w.numel() - 1)] * valid * factor
+        weight = (target != self.ignore_index) * factor
+        if w is not None:
+            weight = weight * w[target.clamp(max=w.numel() - 1)]
         return (nll * factor).sum() / weight.sum().clamp(min=1e-12)
 
     def _dice(self, logits, target):
