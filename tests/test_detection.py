@@ -155,6 +155,28 @@ def test_prediction_format(tmp_path, shapes_root):
     assert vis.dtype == torch.uint8 and vis.shape[:2] == (1, 3) and vis.shape[-2] >= 256
 
 
+def test_bf16_autocast_keeps_boxes_float32(tmp_path, shapes_root):
+    """torchvision decodes boxes in the deltas' dtype: bf16 deltas would put every box on a grid of
+    1/256 of its size. The box-regression layers run in float32, so boxes keep their precision."""
+    task = build(det_config(tmp_path, shapes_root, box_score_thresh=0.0)).eval()
+    batch = task.preprocess(shapes_batch(shapes_root, [0, 1]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        boxes = torch.cat([p["boxes"] for p in task.predict(batch)])
+        proposals, _ = task.model.rpn(*_images_and_features(task, batch))
+    for b in (boxes, torch.cat(proposals)):
+        assert b.dtype == torch.float32
+        assert (b != b.bfloat16().float()).float().mean() > 0.5  # most not on the bf16 grid
+    task.train()  # and the training losses stay finite under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = task.loss(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def _images_and_features(task, batch):
+    images, _ = task.model.transform(batch["images"])
+    return images, task.model.backbone(images.tensors)
+
+
 def test_images_of_different_sizes_batch_as_a_list(tmp_path, shapes_root):
     task = build(det_config(tmp_path, shapes_root, box_score_thresh=0.0)).eval()
     images = [torch.randint(0, 255, (3, 32, 48), dtype=torch.uint8),

@@ -3,7 +3,9 @@
 Faster R-CNN (Ren et al. 2015) and Mask R-CNN (He et al. 2017) assembled from torchvision's tested
 parts -- ``GeneralizedRCNNTransform``, ``AnchorGenerator``, ``RegionProposalNetwork``, ``RoIHeads``,
 ``MultiScaleRoIAlign`` and the Mask R-CNN heads -- over our FPN neck, so the channels and strides
-flow from the backbone's ``feature_specs``. Only the wiring and the per-level anchor sizes are ours.
+flow from the backbone's ``feature_specs``. Ours are the wiring, the per-level anchor sizes, the
+box-regression layers kept in float32 under autocast (:func:`keep_box_deltas_float32`) and the
+training-time RoIAlign with a parallel backward (:mod:`visionkit.models.heads.roi_align`).
 
 Why not ``torchvision.models.detection.MaskRCNN`` itself: its constructor fixes the box head at
 ``TwoMLPHead(.., 1024)`` unless one passes every part, and its anchor defaults assume 800 px
@@ -25,9 +27,9 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
 
 from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec
+from visionkit.models.heads.roi_align import FastMultiScaleRoIAlign
 from visionkit.models.necks.fpn import FPN
 
 VARIANTS = ("faster_rcnn", "mask_rcnn")
@@ -100,6 +102,34 @@ class BackboneFPN(nn.Module):
         return OrderedDict(self.fpn(self.body(x)))
 
 
+class _Float32Conv2d(nn.Conv2d):
+    """A Conv2d that computes in float32 under autocast (same parameters and state-dict names)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+class _Float32Linear(nn.Linear):
+    """A Linear that computes in float32 under autocast (same parameters and state-dict names)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def keep_box_deltas_float32(rpn_head: RPNHead, box_predictor: FastRCNNPredictor) -> None:
+    """Run the two box-regression layers in float32 under bf16/fp16 autocast.
+
+    torchvision decodes boxes in the dtype of the deltas (``BoxCoder.decode`` casts the anchors
+    to it), so bf16 deltas would put every proposal and detection on a grid of 1/256 of its
+    magnitude: 0.5 px at 128 px, which costs AP75. The two layers are tiny; everything else
+    keeps autocast's speed. Only the classes change, so weights and checkpoints are the same.
+    """
+    rpn_head.bbox_pred.__class__ = _Float32Conv2d
+    box_predictor.bbox_pred.__class__ = _Float32Linear
+
+
 def anchor_sizes(specs: dict[str, FeatureSpec], scales) -> tuple[tuple[float, ...], ...]:
     """Anchor side lengths per pyramid level: ``scale * stride`` for each scale.
 
@@ -123,20 +153,23 @@ class RCNN(GeneralizedRCNN):
         roi_levels = [n for n in specs if n != "pool"]  # the pooled level only feeds the RPN (FPN sec. 4.2)
         anchors = AnchorGenerator(anchor_sizes(specs, s.anchor_scales),
                                   (tuple(s.anchor_ratios),) * len(specs))
+        rpn_head = RPNHead(s.fpn_channels, anchors.num_anchors_per_location()[0])
+        n = num_classes + 1  # + background, class 0 in torchvision's heads
+        box_predictor = FastRCNNPredictor(s.box_representation, n)
+        keep_box_deltas_float32(rpn_head, box_predictor)
         rpn = RegionProposalNetwork(
-            anchors, RPNHead(s.fpn_channels, anchors.num_anchors_per_location()[0]),
+            anchors, rpn_head,
             s.rpn_fg_iou, s.rpn_bg_iou, s.rpn_batch_size_per_image, s.rpn_positive_fraction,
             {"training": s.rpn_pre_nms_top_n_train, "testing": s.rpn_pre_nms_top_n_test},
             {"training": s.rpn_post_nms_top_n_train, "testing": s.rpn_post_nms_top_n_test},
             s.rpn_nms_thresh, score_thresh=s.rpn_score_thresh,
         )
-        n = num_classes + 1  # + background, class 0 in torchvision's heads
-        box_pool = MultiScaleRoIAlign(roi_levels, s.box_roi_size, s.roi_sampling_ratio,
+        box_pool = FastMultiScaleRoIAlign(roi_levels, s.box_roi_size, s.roi_sampling_ratio,
                                       canonical_scale=s.roi_canonical_scale)
         mask_kw = {}
         if variant == "mask_rcnn":
             mask_kw = dict(
-                mask_roi_pool=MultiScaleRoIAlign(roi_levels, s.mask_roi_size, s.roi_sampling_ratio,
+                mask_roi_pool=FastMultiScaleRoIAlign(roi_levels, s.mask_roi_size, s.roi_sampling_ratio,
                                                  canonical_scale=s.roi_canonical_scale),
                 mask_head=MaskRCNNHeads(s.fpn_channels, [s.mask_channels] * s.mask_convs, 1),
                 mask_predictor=MaskRCNNPredictor(s.mask_channels if s.mask_convs else s.fpn_channels,
@@ -144,7 +177,7 @@ class RCNN(GeneralizedRCNN):
             )
         roi_heads = RoIHeads(
             box_pool, TwoMLPHead(s.fpn_channels * s.box_roi_size**2, s.box_representation),
-            FastRCNNPredictor(s.box_representation, n),
+            box_predictor,
             s.box_fg_iou, s.box_bg_iou, s.box_batch_size_per_image, s.box_positive_fraction, None,
             s.box_score_thresh, s.box_nms_thresh, s.detections_per_img, **mask_kw,
         )
