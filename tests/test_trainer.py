@@ -177,6 +177,21 @@ def test_mixed_precision_trains_on_cpu(tiny_cfg, easy_root, tmp_path, amp):
     assert trainer.scaler.is_enabled() == (amp == "fp16")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_picks_bf16_only_where_the_device_has_it(tiny_cfg, tmp_path, monkeypatch, native):
+    """On a CPU without AVX-512 BF16 / AMX bf16 is emulated and slower than fp32, so auto falls back."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    said = []
+    trainer = Trainer(tiny_cfg(**{"train.amp": "auto", "train.device": "cpu", "train.epochs": 1}),
+                      tmp_path / "r", log=said.append)
+    trainer.fit()
+    assert trainer.amp_dtype == (torch.bfloat16 if native else None)
+    assert not trainer.scaler.is_enabled()
+    line = next(x for x in said if x.startswith("device cpu"))
+    assert ("amp bf16 (auto: native bf16" if native else "amp none (auto: no native bf16") in line
+
+
 def test_non_finite_loss_stops_naming_the_step_and_saves_nothing(tiny_cfg, tmp_path):
     from visionkit.engine.trainer import NonFiniteLossError
 

@@ -169,7 +169,9 @@ def base_schema() -> dict:
         "train": {
             "epochs": Field(int, 10, min=1),
             "device": Field(str, "auto", help="auto, cpu, cuda or cuda:N"),
-            "amp": Field(str, "none", choices=("none", "bf16", "fp16")),
+            "amp": Field(str, "none", choices=("none", "bf16", "fp16", "auto"),
+                         help="auto: bf16 where the device computes it natively (AVX-512 BF16/AMX CPUs, "
+                              "bf16 CUDA cards), else none"),
             "channels_last": Field((bool, str), "auto", choices=("auto", True, False),
                                    help="NHWC weights and batches; auto: on CUDA (tensor-core convolutions)"),
             "accumulate": Field(int, 1, min=1),

@@ -63,6 +63,27 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: CUDA cards with bf16 (Ampere and later), CPUs
+    with AVX-512 BF16 or AMX. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, since 2.2
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """``train.amp`` as run: ``auto`` is bf16 where :func:`native_bf16`, else none; plus the
+    words the trainer logs about it."""
+    if amp != "auto":
+        return amp, f"amp {amp}"
+    if native_bf16(device):
+        return "bf16", "amp bf16 (auto: native bf16 on this device)"
+    return "none", "amp none (auto: no native bf16 on this device, so fp32)"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -197,7 +218,7 @@ class Trainer:
         self.counters = {"skipped_steps": 0, "bad_samples": 0}  # logged with every train record
         self.last_metrics: dict = {}
         self._loaders: dict = {}
-        amp = cfg.train.amp
+        amp, self.amp_said = resolve_amp(cfg.train.amp, self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.optimizer = self.scheduler = None
@@ -408,7 +429,7 @@ class Trainer:
         self.log(f"run directory: {self.run_dir}")
         self.log(f"watch it with: tensorboard --logdir {self.run_dir}")
         n = {k: len(v) for k, v in self.datasets.items()}
-        self.log(f"device {self.device}; samples " + ", ".join(f"{k} {v}" for k, v in n.items()))
+        self.log(f"device {self.device}, {self.amp_said}; samples " + ", ".join(f"{k} {v}" for k, v in n.items()))
         if self.group.enabled:
             self.log(f"{self.group.world} processes (torchrun); data.batch_size {self.cfg.data.batch_size} is the "
                      f"global batch, {self.cfg.data.batch_size // self.group.world} per process")
