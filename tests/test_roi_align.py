@@ -1,5 +1,7 @@
 """The grid_sample RoIAlign used in training gives torchvision's roi_align numbers and gradients."""
 
+from unittest import mock
+
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
@@ -54,7 +56,9 @@ def test_multiscale_matches_torchvision_in_training_and_bf16():
     shapes = [(128, 128), (128, 128)]
     ref_pool = MultiScaleRoIAlign(names, 14, 1, canonical_scale=40)  # 128 px boxes on levels p2..p4
     fast_pool = FastMultiScaleRoIAlign(names, 14, 1, canonical_scale=40)
-    ref, out = ref_pool(feats, boxes, shapes), fast_pool(feats, boxes, shapes)
+    with mock.patch("visionkit.models.heads.roi_align.roi_align_grid", wraps=roi_align_grid) as grid:
+        ref, out = ref_pool(feats, boxes, shapes), fast_pool(feats, boxes, shapes)
+    assert grid.call_count == 3  # one grid_sample pooling per level, not torchvision's op
     levels = ref_pool.map_levels(boxes)
     assert set(levels.tolist()) == {0, 1, 2}
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -70,5 +74,6 @@ def test_multiscale_matches_torchvision_in_training_and_bf16():
     assert out16.dtype == ref16.dtype == torch.bfloat16
     torch.testing.assert_close(out16, ref16)
     # without grad (inference, export) it is torchvision's own op
-    with torch.no_grad():
+    with torch.no_grad(), mock.patch("visionkit.models.heads.roi_align.roi_align_grid") as grid:
         torch.testing.assert_close(fast_pool(feats, boxes, shapes), ref, atol=0, rtol=0)
+    assert grid.call_count == 0

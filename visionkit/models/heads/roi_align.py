@@ -7,8 +7,9 @@ Mask R-CNN training step on two cores it was the largest single cost (28% of a b
 ``grid_sample`` per pyramid level (RoIs of an image laid side by side), whose backward is
 vectorised and parallel, followed by an average over each bin's samples.
 
-:class:`FastMultiScaleRoIAlign` uses it where a backward will follow (grad enabled, fixed
-sampling ratio) and torchvision's own op everywhere else, so inference, tracing and ONNX export
+:class:`FastMultiScaleRoIAlign` uses it where a backward will follow on a CPU (grad enabled,
+fixed sampling ratio, CPU tensors) and torchvision's own op everywhere else (CUDA's backward is
+parallel already), so inference, tracing and ONNX export
 run exactly torchvision's code. ``tests/test_roi_align.py`` checks outputs and gradients against
 ``torchvision.ops.roi_align``.
 """
@@ -78,10 +79,11 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
     numbers) that pools with :func:`roi_align_grid` when a backward will follow."""
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        feats = [v for name, v in x.items() if name in self.featmap_names]
         if (self.sampling_ratio < 1 or self.output_size[0] != self.output_size[1] or not torch.is_grad_enabled()
+                or feats[0].device.type != "cpu"  # torchvision's CUDA backward is parallel already
                 or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             return super().forward(x, boxes, image_shapes)
-        feats = [v for name, v in x.items() if name in self.featmap_names]
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
