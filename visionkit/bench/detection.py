@@ -110,8 +110,10 @@ def detection(quick: bool, batch_size: int = 8, repeats: int | None = None) -> l
         i_ours, i_base = _alternate(infer_step(ours), infer_step(base), repeats)
     info = {"model": "mask_rcnn resnet18 fpn (ours: configs/detection/mask_rcnn_resnet18_fpn_shapes.yaml; "
                      "baseline: the same with torchvision maskrcnn_resnet50_fpn head values)",
-            "image_size": f"64 px scenes, resized to {cfg.model.head.min_size or 64} inside the detector",
-            "precision": "fp32 on both sides (the recipe's train.amp applies to both alike)", "batch": batch_size, "threads": torch.get_num_threads(), "device": "cpu",
+            "image_size": f"64 px scenes, resized to {cfg.model.head.min_size or cfg.data.image_size} "
+                          "inside the detector",
+            "precision": "fp32 on both sides (the recipe's train.amp applies to both alike)",
+            "batch": batch_size, "threads": torch.get_num_threads(), "device": "cpu",
             "repeats": repeats, "baseline_head": TORCHVISION_HEAD}
     return [
         _row("detection training images/s: our Mask R-CNN head defaults vs torchvision's "

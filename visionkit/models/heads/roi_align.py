@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.poolers import _setup_scales
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 
 def roi_align_grid(features: Tensor, rois: Tensor, output_size: int, spatial_scale: float,
@@ -79,7 +79,7 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
     numbers) that pools with :func:`roi_align_grid` when a backward will follow."""
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
-        feats = [v for name, v in x.items() if name in self.featmap_names]
+        feats = _filter_input(x, self.featmap_names)  # torchvision's own steps, so levels and scales match
         if (self.sampling_ratio < 1 or self.output_size[0] != self.output_size[1] or not torch.is_grad_enabled()
                 or feats[0].device.type != "cpu"  # torchvision's CUDA backward is parallel already
                 or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
@@ -87,7 +87,7 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
-        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+        rois = _convert_to_roi_format(boxes)
         size = self.output_size[0]
         if len(feats) == 1:
             return roi_align_grid(feats[0], rois, size, self.scales[0], self.sampling_ratio)
