@@ -90,3 +90,14 @@ def test_alternate_flips_the_order_every_repeat_so_neither_side_always_runs_firs
     ours, base = alternate(lambda: calls.append("ours") or 1.0, lambda: calls.append("base") or 2.0, 4)
     assert calls == ["ours", "base", "base", "ours", "ours", "base", "base", "ours"]
     assert ours == [1.0] * 4 and base == [2.0] * 4
+
+
+def test_training_benchmarks_run_only_when_named(capsys):
+    from visionkit.bench.harness import load_benchmarks, select
+
+    names = load_benchmarks()
+    assert "detection_ap" in names and "detection_ap" not in select(names, None)
+    assert select(names, "detection_ap") == ["detection_ap"]
+    assert main(["benchmark", "--list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("detection_ap"))
+    assert "only with --only" in line

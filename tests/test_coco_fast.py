@@ -232,3 +232,27 @@ def test_detection_benchmark_row_runs_small():
         assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["baseline"])
         assert r["target"] == target and r["met"] in (True, False)
         assert r["details"]["batch"] == 1 and r["details"]["repeats"] == 1
+
+
+def test_detection_ap_row_trains_both_head_settings_and_scores_the_test_split(tmp_path):
+    import yaml
+
+    from visionkit.bench.detection import TORCHVISION_HEAD, detection_ap
+
+    over = (f"data.root={tmp_path / 'shapes'}", "data.synth.num_images=20", "train.epochs=1",
+            "model.head.min_size=64", "data.batch_size=4", "train.vis_images=0", "train.amp=none",
+            "train.channels_last=false")
+    rows = detection_ap(False, overrides=over, keep=tmp_path)
+    assert [r["figure"].split()[3] for r in rows] == ["bbox_AP", "segm_AP"]
+    for r, key in zip(rows, ("bbox_AP", "segm_AP")):
+        d = r["details"]
+        assert d["epochs"] == 1 and d["test_metrics_ours"][key] == r["ours"]
+        assert d["test_metrics_baseline"][key] == r["baseline"]
+        assert 0 <= r["ours"] <= 1 and 0 <= r["baseline"] <= 1 and r["target"] == ">= 1.0"
+    for side, head in (("ours", {}), ("torchvision_head", TORCHVISION_HEAD)):
+        cfg = yaml.safe_load((tmp_path / side / "config.yaml").read_text())
+        assert (tmp_path / side / "test_metrics.json").exists()
+        assert cfg["train"]["epochs"] == 1
+        for k, v in head.items():  # the baseline run really trained torchvision's head values
+            assert cfg["model"]["head"][k] == v
+    assert yaml.safe_load((tmp_path / "ours" / "config.yaml").read_text())["model"]["head"]["box_batch_size_per_image"] != 512

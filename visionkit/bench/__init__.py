@@ -8,3 +8,5 @@ selected ones, prints the table and writes the JSON (``tools/benchmark.py``, ``v
 MODULES = ("trainer_step", "end_to_end", "pipeline", "flops", "detection", "coco_eval", "memory", "gpu",
            "onnx_runtime", "ddp_scaling")
 OPTIONAL = ("detection",)
+#: benchmarks that train models for many minutes: run only when ``--only`` names them
+ON_REQUEST = ("detection_ap",)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from visionkit.bench import MODULES, OPTIONAL, common
+from visionkit.bench import MODULES, ON_REQUEST, OPTIONAL, common
 from visionkit.errors import ConfigError
 from visionkit.registry import BENCHMARKS
 
@@ -38,7 +38,7 @@ def load_benchmarks() -> list[str]:
 
 def select(names: list[str], only: str | None) -> list[str]:
     if not only:
-        return names
+        return [n for n in names if n not in ON_REQUEST]
     wanted = [n.strip() for n in only.split(",") if n.strip()]
     for n in wanted:
         if n not in BENCHMARKS:
@@ -125,8 +125,11 @@ def main_args(args) -> int:
     names = load_benchmarks()
     if args.list:
         for n in names:
-            doc = (sys.modules[BENCHMARKS.get(n).__module__].__doc__ or "").strip().splitlines()
-            print(f"{n:<14} {doc[0] if doc else ''}")
+            fn = BENCHMARKS.get(n)  # its own docstring when it says which row, else its module's
+            own = (fn.__doc__ or "").strip()
+            doc = (own if own.startswith("Row") else sys.modules[fn.__module__].__doc__ or "").strip().splitlines()
+            when = "  (only with --only)" if n in ON_REQUEST else ""
+            print(f"{n:<14} {doc[0] if doc else ''}{when}")
         return 0
     if args.device != "auto":
         try:
