@@ -106,6 +106,22 @@ def test_two_processes_with_syncbn_and_global_batch_match_one_process(runs):
     assert not list(two.glob("*rank1*"))
 
 
+def test_gradient_accumulation_under_torchrun_matches_one_process(ddp_config):
+    """Two processes keep the first batch's gradients of each window local (no_sync) and average
+    the sum at the second: the same weights as one process accumulating the global batches."""
+    base = ddp_config.parent
+    one = subprocess.run([sys.executable, "-m", "visionkit", "train", ddp_config, "--run-dir", base / "acc_one",
+                          "train.accumulate=2"], capture_output=True, text=True, cwd=ROOT, env=env(), timeout=300,
+                         check=False)
+    ok(one)
+    ok(torchrun("-m", "visionkit", "train", ddp_config, "--run-dir", base / "acc_two", "train.accumulate=2"))
+    a, b = weights(base / "acc_one" / "checkpoints" / "last.pt"), weights(base / "acc_two" / "checkpoints" / "last.pt")
+    assert max_diff(a, b) < 1e-5
+    first = weights(base / "acc_one" / "checkpoints" / "epoch_0001.pt")
+    assert max_diff(a, first) > 1e-4  # it trained: 4 optimizer steps of 8 batches
+    assert len(train_losses(base / "acc_one")) == len(train_losses(base / "acc_two")) == 8
+
+
 def test_a_rank_killed_mid_run_is_restarted_and_resumes_to_the_same_weights(runs, ddp_config, tmp_path):
     """Rank 1 SIGKILLs itself after step 3 (before that step's checkpoint); torchrun restarts the
     group, which resumes from step 2 and ends epoch 1 with the uninterrupted run's weights."""

@@ -112,3 +112,55 @@ def test_learning_rate_scaling_is_opt_in_and_follows_the_global_batch(tiny_cfg, 
     assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([0.01 * factor] * 2)
     assert trainer.scheduler.base_lrs == pytest.approx([0.01 * factor] * 2)
     assert any("global batch of 64" in s for s in said) == (rule != "none")
+
+
+def _accumulate_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank: a linear model under DDP, 4 batches in windows of 2 through the trainer's
+    ``gradient_sync``; counts DDP's gradient all-reduces, then averages by hand."""
+    import os
+
+    import torch.distributed as dist
+    from torch import nn
+
+    from visionkit.engine.distributed import Group, average_gradients, gradient_sync
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        ddp = nn.parallel.DistributedDataParallel(nn.Linear(3, 2))
+        calls = []
+
+        def count(state, bucket):
+            calls.append(1)
+            return dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future().then(lambda f: f.value()[0])
+
+        ddp.register_comm_hook(None, count)
+        g = torch.Generator().manual_seed(rank)
+        for i in range(4):
+            with gradient_sync(ddp, sync=(i + 1) % 2 == 0):
+                ddp(torch.randn(5, 3, generator=g)).pow(2).sum().backward()
+        synced = ddp.module.weight.grad.clone()
+        ddp.module.weight.grad = torch.full((2, 3), float(rank + 1))
+        ddp.module.bias.grad = None
+        average_gradients(Group(rank, world), ddp.module.parameters())
+        torch.save({"calls": len(calls), "synced": synced, "weight": ddp.module.weight.grad,
+                    "bias": ddp.module.bias.grad}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_accumulation_all_reduces_once_per_window_and_a_skipped_closing_batch_is_averaged_by_hand(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_accumulate_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["calls"] == r1["calls"] == 2  # one bucket, two windows: not four all-reduces
+    assert torch.equal(r0["synced"], r1["synced"])  # both ranks hold the average after the window
+    for r in (r0, r1):  # (1 + 2) / 2 on both, and zeros for the parameter that had no gradient
+        assert torch.equal(r["weight"], torch.full((2, 3), 1.5)) and torch.equal(r["bias"], torch.zeros(2))

@@ -335,6 +335,35 @@ def reduce_evaluation(group: Group, evaluator, bad: list) -> tuple[dict, Any, li
     return metrics, evaluator, bad
 
 
+def gradient_sync(ddp, sync: bool):
+    """The context of one batch's forward and backward: DDP's ``no_sync`` when ``sync`` is false
+    (gradient accumulation: the ranks' gradients stay local until the window's last batch), a
+    no-op otherwise and outside torchrun."""
+    if not sync and isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return ddp.no_sync()
+    return contextlib.nullcontext()
+
+
+def average_gradients(group: Group, params) -> None:
+    """Average the gradients of ``params`` over the ranks (one all-reduce of them flattened): for
+    an accumulation window whose closing batch, the one DDP would have averaged in, was skipped
+    on every rank. A parameter without a gradient takes zeros, so every rank sends the same sizes."""
+    if not group.enabled:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= group.world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def mean_losses(group: Group, losses: dict, total: torch.Tensor) -> tuple[dict[str, float], float]:
     """The loss terms and total averaged over the ranks (one all-reduce): with equal per-rank
     batches, the loss of the global batch, as one process logs it."""

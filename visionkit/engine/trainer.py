@@ -576,6 +576,7 @@ class Trainer:
         end = time.perf_counter()
         accum = t.accumulate
         pending = False  # gradients accumulated since the last optimizer step
+        synced = True  # under torchrun: the ranks' gradients have been averaged since that step
         for i, batch in enumerate(loader, start=self.step_in_epoch):
             start = time.perf_counter()
             data_wait = start - end
@@ -583,23 +584,30 @@ class Trainer:
                 self.bad_log.add(batch.pop("bad_samples"), self.epoch)
                 self.counters["bad_samples"] = len(self.bad_log)
             stepped = finite = False
-            if batch is not None:  # None: every sample of the batch was unreadable (on_error: skip)
-                batch = self.to_device(batch)
-                with self.autocast():
-                    losses = self.ddp(batch) if self.ddp is not None else self.task.loss(batch)
-                total = sum(losses.values())
-                finite = True if self.defer_reads else bool(torch.isfinite(total))
-            skip, own_finite = batch is None, finite
-            if self.group.enabled:
-                skip, finite = distributed.agree_on_batch(self.group, skip, finite)
-            if not skip:
-                if finite:
-                    self.nonfinite_streak = 0
-                    self.scaler.scale(total / accum).backward()
-                    pending = True
-                else:
-                    self._on_nonfinite(losses, elsewhere=own_finite)
-            if ((i + 1) % accum == 0 or i + 1 == self.steps_per_epoch) and pending:
+            closes = (i + 1) % accum == 0 or i + 1 == self.steps_per_epoch  # the optimizer steps after it
+            # under torchrun, a batch that does not close an accumulation window keeps its
+            # gradients local (DDP's no_sync): the closing batch's backward averages the sum once
+            with distributed.gradient_sync(self.ddp, closes):
+                if batch is not None:  # None: every sample of the batch was unreadable (on_error: skip)
+                    batch = self.to_device(batch)
+                    with self.autocast():
+                        losses = self.ddp(batch) if self.ddp is not None else self.task.loss(batch)
+                    total = sum(losses.values())
+                    finite = True if self.defer_reads else bool(torch.isfinite(total))
+                skip, own_finite = batch is None, finite
+                if self.group.enabled:
+                    skip, finite = distributed.agree_on_batch(self.group, skip, finite)
+                if not skip:
+                    if finite:
+                        self.nonfinite_streak = 0
+                        self.scaler.scale(total / accum).backward()
+                        pending, synced = True, closes
+                    else:
+                        self._on_nonfinite(losses, elsewhere=own_finite)
+            if closes and pending:
+                if not synced:  # the window's closing batch was skipped on every rank: average here
+                    distributed.average_gradients(self.group, self.task.parameters())
+                    synced = True
                 if t.clip_grad_norm is not None:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.task.parameters(), t.clip_grad_norm)
