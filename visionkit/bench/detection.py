@@ -158,8 +158,9 @@ def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None
     """Row 5's accuracy side: test AP of the default Mask R-CNN recipe with our head defaults vs torchvision's.
 
     The recipe is trained twice from the same seed on the same scenes, with our head defaults and
-    with torchvision's head values, then scored on the test split (COCO AP from each run's best.pt). Run only when named (``--only detection_ap``): full, it
-    trains 2 epochs per side on a CPU (about 1.5 hours here) and the recipe's epochs on a GPU;
+    with torchvision's head values, then scored on the test split (COCO AP from each run's
+    best.pt). Run only when named (``--only detection_ap``): full, it trains 2 epochs per side on
+    a CPU (1 h 52 min on the 2-core VM) and the recipe's epochs on a GPU;
     ``--quick`` trains 1 epoch on 96 scenes. ``overrides`` (config ``key=value``) and ``keep`` (a
     folder for the two run directories) are for tests and for reading the runs afterwards."""
     dev = common.device()

@@ -103,10 +103,6 @@ def measure(backbone: str, size: int, batch: int, train: int, epochs: int, folde
     return common.median(ours_runs), common.median(base_runs), len(steady), info
 
 
-def _ratio(info: dict) -> float:
-    return common.median(info["paired_ratios"])
-
-
 def _data_share(run_dir: Path) -> float | None:
     """The mean ``data_share`` the trainer logged: how much of each step waited for input."""
     import json
@@ -126,5 +122,5 @@ def end_to_end(quick: bool) -> list[dict]:
             ours, base, repeats, extra = measure(backbone, size, batch, train, epochs, Path(tmp), dev)
             info = common.details(backbone, size, batch, repeats, dev, **extra)
             rows.append(common.row(f"2 visionkit train from files vs in-memory, {backbone} @ {size}px",
-                                   ours, base, target, "images/s", info, ratio=_ratio(extra)))
+                                   ours, base, target, "images/s", info, ratio=common.median(extra["paired_ratios"])))
     return rows
