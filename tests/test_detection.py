@@ -134,6 +134,48 @@ def test_training_steps_lower_the_loss_on_three_families(tmp_path, shapes_root, 
     assert total.item() < first
 
 
+@pytest.mark.parametrize("fpn_norm,head_norm,norm_type", [("batch", "batch", torch.nn.BatchNorm2d),
+                                                           ("group", "group", torch.nn.GroupNorm)])
+def test_norm_layers_and_conv_box_head_are_built_and_train(tmp_path, shapes_root, fpn_norm, head_norm, norm_type):
+    task = build(det_config(tmp_path, shapes_root, fpn_norm=fpn_norm, head_norm=head_norm, box_convs=2,
+                            mask_convs=2))
+    heads = task.model.roi_heads
+    for part in (task.model.backbone.fpn, heads.mask_head, heads.box_head):
+        assert sum(isinstance(m, norm_type) for m in part.modules()) >= 2, part
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in heads.box_head.modules()) == 2
+    batch = task.preprocess(shapes_batch(shapes_root, [0, 1]))
+    task.train()
+    opt = torch.optim.AdamW(task.parameters(), lr=1e-3)
+    losses = [None, None]
+    for i in range(6):
+        total = sum(task.loss(batch).values())
+        losses[min(i, 1)] = total.item()
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    assert losses[1] < losses[0]
+    with pytest.raises(ConfigError, match="'model.head.head_norm' is 'layer', not one of: none, batch, group"):
+        det_config(tmp_path, shapes_root, head_norm="layer")
+    plain = build(det_config(tmp_path, shapes_root, fpn_norm="none", head_norm="none"))
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))
+                   for m in (*plain.model.backbone.fpn.modules(), *plain.model.roi_heads.modules()))
+
+
+def test_checkpoint_from_before_the_norm_keys_gets_the_overrides_that_rebuild_it():
+    from visionkit.engine.trainer import _model_settings_hint
+
+    from visionkit.tasks.detection import DetectionTask
+
+    added = DetectionTask.added_settings
+    saved = {"model": {"backbone": {"name": "resnet18"}, "head": {"fpn_channels": 64}}}
+    current = {"backbone": {"name": "resnet18"},
+               "head": {"fpn_channels": 128, "fpn_norm": "batch", "head_norm": "none", "later": 1}}
+    hint = _model_settings_hint(saved, current, added)
+    assert "built with model.head.fpn_channels=64 model.head.fpn_norm=none: pass those overrides" in hint
+    assert "head_norm" not in hint  # its value then was "none", as now
+    assert hint.endswith("its config does not record model.head.later")
+
+
 def test_prediction_format(tmp_path, shapes_root):
     task = build(det_config(tmp_path, shapes_root, box_score_thresh=0.0, detections_per_img=5)).eval()
     batch = task.preprocess(shapes_batch(shapes_root, [0, 1, 2]))

@@ -49,6 +49,11 @@ def test_train_eval_predict_end_to_end(tmp_path, shapes_root):
     assert record["samples"] == 8 and 0 <= record["metrics"]["bbox_AP"] <= 1
     assert set(record["bbox_per_class_AP"]) <= {"circle", "crescent", "cross", "square", "star", "triangle"}
     assert (tmp_path / "detections_test.json").exists() and record["files"]
+    # a config that builds another head than the checkpoint's is refused with the overrides that fit
+    trained = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["head"]["head_norm"]
+    other = "group" if trained != "group" else "none"
+    r = run("eval", cfg, "--checkpoint", ckpt, f"model.head.head_norm={other}")
+    assert r.returncode != 0 and f"built with model.head.head_norm={trained}: pass those overrides" in r.stderr
 
     images = sorted(shapes_root.rglob("*.png"))[:2]
     pred_dir = tmp_path / "pred"

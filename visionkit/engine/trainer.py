@@ -140,6 +140,34 @@ def new_run_dir(cfg) -> Path:
     return path
 
 
+def _model_settings_hint(saved: dict | None, current: dict, added: dict) -> str:
+    """The ``model`` settings in which a checkpoint's own config differs from the current one, as
+    the overrides that rebuild the checkpoint's model. ``added`` maps keys that came to visionkit
+    after a checkpoint may have been trained to the value that reproduces the model before them."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        return ""
+    fixes, unknown = [], []
+
+    def walk(old: dict, new: dict, prefix: str) -> None:
+        for key, value in new.items():
+            name = f"{prefix}.{key}"
+            if key not in old:
+                if name in added and added[name] != value:
+                    fixes.append(f"{name}={added[name]}")
+                elif name not in added:
+                    unknown.append(name)
+            elif isinstance(value, dict) and isinstance(old[key], dict):
+                walk(old[key], value, name)
+            elif old[key] != value:
+                fixes.append(f"{name}={old[key]}")
+
+    walk(saved["model"], current, "model")
+    hint = f"; the checkpoint's model was built with {' '.join(fixes)}: pass those overrides" if fixes else ""
+    if unknown:
+        hint += f"; its config does not record {', '.join(unknown[:5])}"
+    return hint
+
+
 class Trainer:
     """Builds data, task, optimizer and hooks from a config and runs them.
 
@@ -357,6 +385,8 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint '{path}' does not fit the model built from the config: "
                 f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
+                + _model_settings_hint(state.get("config"), self.cfg.model.to_dict(),
+                                       getattr(self.task, "added_settings", {}))
             )
         return state
 

@@ -27,7 +27,7 @@ from visionkit.evaluation.coco_backend import BACKENDS
 from visionkit.evaluation.coco_backend import resolve as resolve_backend
 from visionkit.models.backbones.base import BackboneBuildError
 from visionkit.models.build import build_backbone
-from visionkit.models.heads.rcnn import RCNN, VARIANTS, RCNNSettings
+from visionkit.models.heads.rcnn import NORMS, RCNN, VARIANTS, RCNNSettings
 from visionkit.registry import TASKS
 from visionkit.schema import Field
 from visionkit.tasks.base import Task
@@ -53,6 +53,8 @@ def _settings_schema() -> dict:
             limits["min"] = 0
         if kind is float and f.name.endswith(("_iou", "_fraction", "_thresh")):
             limits["max"] = 1
+        if f.name.endswith("_norm"):
+            limits["choices"] = NORMS
         out[f.name] = Field(kind, default, **limits)
     # the image size follows data.image_size unless set
     out["min_size"] = Field(int, None, nullable=True, min=8, help="null: data.image_size")
@@ -63,6 +65,8 @@ def _settings_schema() -> dict:
 @TASKS.register("detection")
 class DetectionTask(Task):
     monitor = ("segm_AP", "max")
+    #: head keys added after the first release, with the value that builds the model from before them
+    added_settings = {"model.head.fpn_norm": "none", "model.head.head_norm": "none", "model.head.box_convs": 0}
 
     @classmethod
     def head_schema(cls) -> dict:

@@ -21,11 +21,12 @@ from visionkit.registry import NECKS
 class FPN(nn.Module):
     """Top-down pyramid with lateral 1x1 and output 3x3 convolutions, ``out_channels`` wide.
 
-    ``extra_pool`` adds a stride-2 max-pooled level on top ("pool", as Mask R-CNN's RPN uses).
+    ``extra_pool`` adds a stride-2 max-pooled level on top ("pool", as Mask R-CNN's RPN uses);
+    ``norm_layer`` (for example ``nn.BatchNorm2d``) follows each conv, which then has no bias.
     """
 
     def __init__(self, feature_specs: dict[str, FeatureSpec], out_channels: int = 256,
-                 extra_pool: bool = False, owner: str = "backbone"):
+                 extra_pool: bool = False, owner: str = "backbone", norm_layer=None):
         super().__init__()
         if len(feature_specs) < 2:
             raise BackboneBuildError(
@@ -37,7 +38,8 @@ class FPN(nn.Module):
             raise BackboneBuildError(f"fpn needs stages of increasing stride, {owner} has {strides}")
         self.in_names = list(feature_specs)
         self.fpn = FeaturePyramidNetwork([s.channels for s in feature_specs.values()], out_channels,
-                                         extra_blocks=LastLevelMaxPool() if extra_pool else None)
+                                         extra_blocks=LastLevelMaxPool() if extra_pool else None,
+                                         norm_layer=norm_layer)
         self.feature_specs = {n: FeatureSpec(out_channels, s.stride) for n, s in feature_specs.items()}
         if extra_pool:
             self.feature_specs["pool"] = FeatureSpec(out_channels, strides[-1] * 2)
