@@ -9,6 +9,7 @@ detections and detections of classes absent from the ground truth. Also: the con
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -256,3 +257,22 @@ def test_detection_ap_row_trains_both_head_settings_and_scores_the_test_split(tm
         for k, v in head.items():  # the baseline run really trained torchvision's head values
             assert cfg["model"]["head"][k] == v
     assert yaml.safe_load((tmp_path / "ours" / "config.yaml").read_text())["model"]["head"]["box_batch_size_per_image"] != 512
+
+    # --baseline-from: torchvision's side comes from that record, checked, and is not trained again
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"started": "then", "rows": [{**r, "benchmark": "detection_ap"} for r in rows]}))
+    again = detection_ap(False, overrides=over, keep=tmp_path / "again", baseline_from=record)
+    assert [r["baseline"] for r in again] == [r["baseline"] for r in rows]
+    assert [r["ours"] for r in again] == [r["ours"] for r in rows]  # same seed, same scenes
+    assert again[0]["details"]["baseline_from"] == f"{record} (benchmark started then)"
+    assert again[0]["details"]["baseline_recipe_checked"] is True
+    assert not (tmp_path / "again" / "torchvision_head").exists()
+    with pytest.raises(ConfigError, match=r"baseline trained something else: overrides .*train.seed=1"):
+        detection_ap(False, overrides=(*over, "train.seed=1"), keep=tmp_path / "other", baseline_from=record)
+    old = json.loads(record.read_text())
+    for r in old["rows"]:
+        r["details"]["baseline_head"]["mask_channels"] = 128
+        r["details"]["recipe_baseline"]["train"]["optimizer"]["lr"] = 0.5
+    record.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"model.head.mask_channels 128 \(here 256\); the recipe's train section"):
+        detection_ap(False, overrides=over, keep=tmp_path / "other", baseline_from=record)

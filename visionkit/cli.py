@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.add_argument("--baseline-from", metavar="FILE",
+                   help="detection_ap: take torchvision's side from an earlier --out JSON of the same recipe "
+                        "(checked) instead of training it")
     return parser
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from visionkit.bench import common
+from visionkit.errors import ConfigError
 from visionkit.registry import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ TORCHVISION_HEAD = {
     "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
     "box_batch_size_per_image": 512, "box_representation": 1024, "detections_per_img": 100,
     "mask_convs": 4, "mask_channels": 256, "roi_sampling_ratio": 2,
+    "fpn_norm": "none", "head_norm": "none", "box_convs": 0,
 }
 
 
@@ -133,19 +135,34 @@ def detection(quick: bool, batch_size: int = 8, repeats: int | None = None) -> l
 AP_EPOCHS = {"cpu": 2, "cuda": None}
 
 
+def _config(head: dict, over: list[str], dev):
+    from visionkit.config import load_config
+
+    return load_config(CONFIG, [f"train.device={dev}", "train.progress=false", *over]
+                       + [f"model.head.{k}={v}" for k, v in head.items()])
+
+
+def _recipe(cfg) -> dict:
+    """A run's resolved config without the keys that name places (the data folder, the device)."""
+    import json
+
+    tree = cfg.to_dict()
+    tree["data"].pop("root", None)
+    tree["train"].pop("device", None)
+    return json.loads(json.dumps(tree, default=str))  # as a record holds it (lists, not tuples)
+
+
 def _train_run(run_dir: Path, head: dict, over: list[str], dev) -> tuple[dict, float, int]:
     """Train the default recipe with ``head`` values; (test metrics from best.pt, wall seconds, epochs)."""
-    from visionkit.config import load_config
+    import json
+
     from visionkit.engine.trainer import Trainer
 
-    cfg = load_config(CONFIG, [f"train.device={dev}", "train.progress=false", *over]
-                      + [f"model.head.{k}={v}" for k, v in head.items()])
+    cfg = _config(head, over, dev)
     start = time.perf_counter()
     trainer = Trainer(cfg, run_dir, log=lambda *a, **k: None)
     trainer.fit()
     wall = time.perf_counter() - start
-    import json
-
     test = json.loads((run_dir / "test_metrics.json").read_text())
     val = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     test["val_bbox_segm_AP_by_epoch"] = [[round(v["bbox_AP"], 4), round(v["segm_AP"], 4)]
@@ -153,17 +170,66 @@ def _train_run(run_dir: Path, head: dict, over: list[str], dev) -> tuple[dict, f
     return test, wall, cfg.train.epochs
 
 
+def recorded_baseline(path: Path, over: list[str], dev) -> dict:
+    """The baseline side of an earlier ``detection_ap`` record (``--baseline-from FILE``), after
+    checking that it trained what this run's baseline would: the same overrides, device type and
+    torchvision head values (a key added to the head since counts as the value that reproduces
+    the model from before it, see ``DetectionTask.added_settings``) and, where the record keeps
+    it, the same resolved recipe. Training torchvision's side takes 1 h 46 min on two cores;
+    reusing it lets a change to our defaults be scored in the minutes our side takes."""
+    import json
+
+    from visionkit.tasks.detection import DetectionTask
+
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--baseline-from {path}: cannot read it as a benchmark JSON ({e})") from None
+    rows = [r for r in record.get("rows", []) if "test_metrics_baseline" in r.get("details", {})]
+    if not rows:
+        raise ConfigError(f"--baseline-from {path}: no detection_ap row with the baseline's test metrics; "
+                          "give a file that `--only detection_ap --out FILE` wrote")
+    d = rows[0]["details"]
+    problems = []
+    def placeless(o):
+        return [x for x in o or [] if not x.startswith("data.root=")]
+
+    if placeless(d.get("overrides")) != placeless(over):
+        problems.append(f"overrides {placeless(d.get('overrides'))} (here {placeless(over)})")
+    if str(d.get("device", "")).split(":")[0].split(" ")[0] != dev.type:
+        problems.append(f"device {d.get('device')} (here {dev.type})")
+    then = {k.rsplit(".", 1)[1]: v for k, v in DetectionTask.added_settings.items()}
+    then.update(d.get("baseline_head", {}))
+    for key, value in TORCHVISION_HEAD.items():
+        if then.get(key, "(not recorded)") != value:
+            problems.append(f"model.head.{key} {then.get(key, '(not recorded)')} (here {value})")
+    recipe = _recipe(_config(TORCHVISION_HEAD, over, dev))
+    if "recipe_baseline" in d and d["recipe_baseline"] != recipe:
+        keys = [k for k in recipe if d["recipe_baseline"].get(k) != recipe[k]]
+        problems.append(f"the recipe's {', '.join(keys)} section(s)")
+    if problems:
+        raise ConfigError(f"--baseline-from {path}: its baseline trained something else: {'; '.join(problems)}; "
+                          "run without --baseline-from to train torchvision's side again")
+    return {"metrics": d["test_metrics_baseline"], "seconds": d.get("seconds_baseline"),
+            "epochs": d.get("epochs"), "source": f"{path} (benchmark started {record.get('started')})",
+            "recipe_checked": "recipe_baseline" in d}
+
+
 @BENCHMARKS.register("detection_ap")
-def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None = None) -> list[dict]:
+def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None = None,
+                 baseline_from: Path | None = None) -> list[dict]:
     """Row 5's accuracy side: test AP of the default Mask R-CNN recipe with our head defaults vs torchvision's.
 
     The recipe is trained twice from the same seed on the same scenes, with our head defaults and
     with torchvision's head values, then scored on the test split (COCO AP from each run's
     best.pt). Run only when named (``--only detection_ap``): full, it trains 2 epochs per side on
     a CPU (1 h 52 min on the 2-core VM) and the recipe's epochs on a GPU;
-    ``--quick`` trains 1 epoch on 96 scenes. ``overrides`` (config ``key=value``) and ``keep`` (a
-    folder for the two run directories) are for tests and for reading the runs afterwards."""
+    ``--quick`` trains 1 epoch on 96 scenes. ``baseline_from`` (``--baseline-from FILE``) takes
+    torchvision's side from an earlier record of the same recipe instead (:func:`recorded_baseline`).
+    ``overrides`` (config ``key=value``) and ``keep`` (a folder for the run directories) are for
+    tests and for reading the runs afterwards."""
     dev = common.device()
+    baseline_from = baseline_from or common.SETTINGS.get("baseline_from")
     with common.workdir("det-ap") as tmp:
         folder = Path(keep) if keep is not None else Path(tmp)
         over = []
@@ -172,14 +238,23 @@ def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None
         elif AP_EPOCHS.get(dev.type) is not None:
             over += [f"train.epochs={AP_EPOCHS[dev.type]}"]
         over += list(overrides)
+        reused = recorded_baseline(Path(baseline_from), over, dev) if baseline_from else None
         ours, t_ours, epochs = _train_run(folder / "ours", {}, over, dev)
-        base, t_base, _ = _train_run(folder / "torchvision_head", TORCHVISION_HEAD, over, dev)
+        if reused:
+            base, t_base = reused["metrics"], reused["seconds"]
+            if reused["epochs"] != epochs:
+                raise ConfigError(f"--baseline-from {baseline_from}: its baseline trained {reused['epochs']} "
+                                  f"epoch(s), this run {epochs}")
+        else:
+            base, t_base, _ = _train_run(folder / "torchvision_head", TORCHVISION_HEAD, over, dev)
+    extra = {"baseline_from": reused["source"], "baseline_recipe_checked": reused["recipe_checked"]} if reused else {}
     info = common.details(
         "mask_rcnn resnet18 fpn (ours: configs/detection/mask_rcnn_resnet18_fpn_shapes.yaml; baseline: the "
         "same with torchvision maskrcnn_resnet50_fpn head values)", "64 px scenes at the config's min_size",
         "the recipe's", 1, dev, epochs=epochs, overrides=over, seconds_ours=round(t_ours, 1),
-        seconds_baseline=round(t_base, 1), test_metrics_ours=ours, test_metrics_baseline=base,
-        baseline_head=TORCHVISION_HEAD)
+        seconds_baseline=None if t_base is None else round(t_base, 1), test_metrics_ours=ours,
+        test_metrics_baseline=base, baseline_head=TORCHVISION_HEAD,
+        recipe_baseline=_recipe(_config(TORCHVISION_HEAD, over, dev)), **extra)
     return [common.row(f"5 detection test {k} after {epochs} epoch(s) each: our head defaults vs "
                        "torchvision's head values (same recipe, seed, scenes)",
                        ours[k], base[k], ">= 1.0", "AP", info)

@@ -139,6 +139,7 @@ def main_args(args) -> int:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device '{args.device}' but no CUDA device is available; use auto or cpu")
     common.SETTINGS["device"] = args.device
+    common.SETTINGS["baseline_from"] = getattr(args, "baseline_from", None)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads is {args.threads}; give 1 or more")
