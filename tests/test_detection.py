@@ -163,7 +163,6 @@ def test_norm_layers_and_conv_box_head_are_built_and_train(tmp_path, shapes_root
 
 def test_checkpoint_from_before_the_norm_keys_gets_the_overrides_that_rebuild_it():
     from visionkit.engine.trainer import _model_settings_hint
-
     from visionkit.tasks.detection import DetectionTask
 
     added = DetectionTask.added_settings

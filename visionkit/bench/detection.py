@@ -210,9 +210,11 @@ def recorded_baseline(path: Path, over: list[str], dev) -> dict:
     if problems:
         raise ConfigError(f"--baseline-from {path}: its baseline trained something else: {'; '.join(problems)}; "
                           "run without --baseline-from to train torchvision's side again")
+    # a record that reused a baseline itself passes on where that baseline was trained
     return {"metrics": d["test_metrics_baseline"], "seconds": d.get("seconds_baseline"),
-            "epochs": d.get("epochs"), "source": f"{path} (benchmark started {record.get('started')})",
-            "recipe_checked": "recipe_baseline" in d}
+            "epochs": d.get("epochs"),
+            "source": d.get("baseline_from", f"{path} (benchmark started {record.get('started')})"),
+            "recipe_checked": "recipe_baseline" in d and d.get("baseline_recipe_checked", True)}
 
 
 @BENCHMARKS.register("detection_ap")

@@ -385,8 +385,7 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint '{path}' does not fit the model built from the config: "
                 f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
-                + _model_settings_hint(state.get("config"), self.cfg.model.to_dict(),
-                                       getattr(self.task, "added_settings", {}))
+                + _model_settings_hint(state.get("config"), self.cfg.model.to_dict(), self.task.added_settings)
             )
         return state
 

@@ -5,7 +5,7 @@ The trainer only calls what is defined here, so it never needs to know which tas
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ class Task(nn.Module):
 
     #: (metric name, "max" | "min") used when ``train.monitor`` is ``auto``
     monitor: tuple[str, str] = ("loss", "min")
+    #: config keys added after checkpoints may have been trained without them ("model.head.x"), with
+    #: the value that builds the model from before them; a checkpoint that does not fit is told these
+    added_settings: ClassVar[dict[str, Any]] = {}
 
     def set_normalization(self, mean, std) -> None:
         """Pixel mean/std (0..1 scale) applied by :meth:`preprocess`; not saved in state dicts."""

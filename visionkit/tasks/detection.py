@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ def _settings_schema() -> dict:
 class DetectionTask(Task):
     monitor = ("segm_AP", "max")
     #: head keys added after the first release, with the value that builds the model from before them
-    added_settings = {"model.head.fpn_norm": "none", "model.head.head_norm": "none", "model.head.box_convs": 0}
+    added_settings: ClassVar[dict] = {"model.head.fpn_norm": "none", "model.head.head_norm": "none", "model.head.box_convs": 0}
 
     @classmethod
     def head_schema(cls) -> dict:
