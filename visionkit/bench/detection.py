@@ -13,6 +13,7 @@ split (run only when named, ``--only detection_ap``).
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -144,8 +145,6 @@ def _config(head: dict, over: list[str], dev):
 
 def _recipe(cfg) -> dict:
     """A run's resolved config without the keys that name places (the data folder, the device)."""
-    import json
-
     tree = cfg.to_dict()
     tree["data"].pop("root", None)
     tree["train"].pop("device", None)
@@ -154,8 +153,6 @@ def _recipe(cfg) -> dict:
 
 def _train_run(run_dir: Path, head: dict, over: list[str], dev) -> tuple[dict, float, int]:
     """Train the default recipe with ``head`` values; (test metrics from best.pt, wall seconds, epochs)."""
-    import json
-
     from visionkit.engine.trainer import Trainer
 
     cfg = _config(head, over, dev)
@@ -177,8 +174,6 @@ def recorded_baseline(path: Path, over: list[str], dev) -> dict:
     the model from before it, see ``DetectionTask.added_settings``) and, where the record keeps
     it, the same resolved recipe. Training torchvision's side takes 1 h 46 min on two cores;
     reusing it lets a change to our defaults be scored in the minutes our side takes."""
-    import json
-
     from visionkit.tasks.detection import DetectionTask
 
     try:
