@@ -167,12 +167,12 @@ def _train_run(run_dir: Path, head: dict, over: list[str], dev) -> tuple[dict, f
     return test, wall, cfg.train.epochs
 
 
-def recorded_baseline(path: Path, over: list[str], dev) -> dict:
+def recorded_baseline(path: Path, over: list[str], dev, recipe: dict) -> dict:
     """The baseline side of an earlier ``detection_ap`` record (``--baseline-from FILE``), after
     checking that it trained what this run's baseline would: the same overrides, device type and
     torchvision head values (a key added to the head since counts as the value that reproduces
     the model from before it, see ``DetectionTask.added_settings``) and, where the record keeps
-    it, the same resolved recipe. Training torchvision's side takes 1 h 46 min on two cores;
+    it, the same resolved recipe (``recipe``, this run's baseline's). Training torchvision's side takes 1 h 46 min on two cores;
     reusing it lets a change to our defaults be scored in the minutes our side takes."""
     from visionkit.tasks.detection import DetectionTask
 
@@ -186,6 +186,7 @@ def recorded_baseline(path: Path, over: list[str], dev) -> dict:
                           "give a file that `--only detection_ap --out FILE` wrote")
     d = rows[0]["details"]
     problems = []
+
     def placeless(o):
         return [x for x in o or [] if not x.startswith("data.root=")]
 
@@ -198,7 +199,6 @@ def recorded_baseline(path: Path, over: list[str], dev) -> dict:
     for key, value in TORCHVISION_HEAD.items():
         if then.get(key, "(not recorded)") != value:
             problems.append(f"model.head.{key} {then.get(key, '(not recorded)')} (here {value})")
-    recipe = _recipe(_config(TORCHVISION_HEAD, over, dev))
     if "recipe_baseline" in d and d["recipe_baseline"] != recipe:
         keys = [k for k in recipe if d["recipe_baseline"].get(k) != recipe[k]]
         problems.append(f"the recipe's {', '.join(keys)} section(s)")
@@ -235,7 +235,8 @@ def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None
         elif AP_EPOCHS.get(dev.type) is not None:
             over += [f"train.epochs={AP_EPOCHS[dev.type]}"]
         over += list(overrides)
-        reused = recorded_baseline(Path(baseline_from), over, dev) if baseline_from else None
+        recipe = _recipe(_config(TORCHVISION_HEAD, over, dev))
+        reused = recorded_baseline(Path(baseline_from), over, dev, recipe) if baseline_from else None
         ours, t_ours, epochs = _train_run(folder / "ours", {}, over, dev)
         if reused:
             base, t_base = reused["metrics"], reused["seconds"]
@@ -251,7 +252,7 @@ def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None
         "the recipe's", 1, dev, epochs=epochs, overrides=over, seconds_ours=round(t_ours, 1),
         seconds_baseline=None if t_base is None else round(t_base, 1), test_metrics_ours=ours,
         test_metrics_baseline=base, baseline_head=TORCHVISION_HEAD,
-        recipe_baseline=_recipe(_config(TORCHVISION_HEAD, over, dev)), **extra)
+        recipe_baseline=recipe, **extra)
     return [common.row(f"5 detection test {k} after {epochs} epoch(s) each: our head defaults vs "
                        "torchvision's head values (same recipe, seed, scenes)",
                        ours[k], base[k], ">= 1.0", "AP", info)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from math import gcd
 
 import torch
 from torch import nn
@@ -30,6 +29,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec
+from visionkit.models.backbones.base import norm_layer as backbone_norm_layer
 from visionkit.models.heads.roi_align import FastMultiScaleRoIAlign
 from visionkit.models.necks.fpn import FPN
 
@@ -38,14 +38,11 @@ NORMS = ("none", "batch", "group")
 
 
 def norm_layer(name: str):
-    """The norm a conv is built with: None, BatchNorm2d or GroupNorm of up to 32 groups."""
-    if name == "none":
-        return None
-    if name == "batch":
-        return nn.BatchNorm2d
-    if name == "group":
-        return lambda c: nn.GroupNorm(gcd(32, c), c)
-    raise BackboneBuildError(f"unknown norm '{name}'; choose one of {', '.join(NORMS)}")
+    """The norm a head conv is built with: None for ``none``, else the backbones' factory
+    (BatchNorm2d, or GroupNorm of up to 32 groups)."""
+    if name not in NORMS:
+        raise BackboneBuildError(f"unknown norm '{name}'; choose one of {', '.join(NORMS)}")
+    return None if name == "none" else backbone_norm_layer(name)
 
 
 @dataclass
