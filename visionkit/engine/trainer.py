@@ -209,6 +209,8 @@ class Trainer:
         self.channels_last = self.device.type == "cuda" if cl == "auto" else bool(cl)
         if self.channels_last:
             self.task.to(memory_format=torch.channels_last)
+        if cfg.train.compile:  # in place (nn.Module.compile): state-dict keys and checkpoints unchanged
+            self.task.compile()
         if cfg.model.backbone.weights and self.resume_path is None:
             self._load_pretrained()
         if checkpoint is None:
