@@ -9,7 +9,7 @@ from visionkit.engine.trainer import Trainer
 
 
 def test_compiled_training_matches_eager_and_its_checkpoint_evaluates_eagerly(tiny_cfg, tmp_path):
-    quiet = lambda *a, **k: None  # noqa: E731
+    quiet = lambda *a, **k: None
     eager = Trainer(tiny_cfg(**{"train.epochs": 1}), tmp_path / "eager", log=quiet)
     eager_metrics = eager.fit()
     compiled = Trainer(tiny_cfg(**{"train.epochs": 1, "train.compile": True}), tmp_path / "compiled", log=quiet)
