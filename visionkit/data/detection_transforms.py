@@ -50,23 +50,29 @@ class _ScaleJitterCrop:
         return v2.RandomCrop((h, w), pad_if_needed=True, fill=0)(sample)
 
 
+class _TargetsOnly:
+    """Run ``pipeline`` on samples with targets; an image without them (predict) passes unchanged.
+    A class, not a closure, so loader workers started by spawn or forkserver can receive it."""
+
+    def __init__(self, pipeline=None):
+        self.pipeline = pipeline
+
+    def __call__(self, sample: dict) -> dict:
+        if self.pipeline is None or "boxes" not in sample:
+            return sample
+        return self.pipeline(sample)
+
+
 def detection_transforms(train: bool, *, hflip: float = 0.5,
                          scale_range: tuple[float, float] = (1.0, 1.0)) -> Callable[[dict], dict]:
     """Per-sample pipeline; evaluation keeps the image as is (the model resizes it and maps its
     boxes and masks back, so scores are computed in the original pixels)."""
     if not train:
-        return lambda sample: sample
+        return _TargetsOnly()
     steps: list = [_DropCrowd()]
     if scale_range != (1.0, 1.0):
         steps.append(_ScaleJitterCrop(scale_range))
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip))
     steps.append(v2.SanitizeBoundingBoxes(min_size=1.0))
-    pipeline = v2.Compose(steps)
-
-    def apply(sample: dict) -> dict:
-        if "boxes" not in sample:  # an image without targets (predict) passes unchanged
-            return sample
-        return pipeline(sample)
-
-    return apply
+    return _TargetsOnly(v2.Compose(steps))

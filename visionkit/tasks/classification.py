@@ -21,6 +21,18 @@ from visionkit.tasks.base import Task
 from visionkit.visualize import denormalize
 
 
+class _OnImage:
+    """A sample transform applying ``t`` to the image (a class, not a closure, so loader workers
+    started by spawn or forkserver can receive it)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self, sample: dict) -> dict:
+        sample["image"] = self.t(sample["image"])
+        return sample
+
+
 @TASKS.register("classification")
 class ClassificationTask(Task):
     monitor = ("accuracy", "max")
@@ -84,12 +96,7 @@ class ClassificationTask(Task):
             ratio=tuple(d.augment.ratio), hflip=d.augment.hflip, resize_ratio=d.augment.resize_ratio,
             normalize=False,  # batches are normalised on the device by Task.preprocess
         )
-
-        def apply(sample: dict) -> dict:
-            sample["image"] = t(sample["image"])
-            return sample
-
-        return apply
+        return _OnImage(t)
 
     @classmethod
     def check_sample(cls, sample: dict, data_info: dict) -> list[str]:

@@ -39,6 +39,22 @@ def label_boundaries(target: torch.Tensor) -> torch.Tensor:
     return (F.max_pool2d(pad, 3, 1) != -F.max_pool2d(-pad, 3, 1)).squeeze(1)
 
 
+class _ImageAndMask:
+    """A sample transform applying ``t`` to the image and its label map together (a class, not a
+    closure, so loader workers started by spawn or forkserver can receive it)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self, sample: dict) -> dict:
+        if "semantic" in sample:  # Mask, so v2 resizes it with nearest and pads it with ignore
+            sample["image"], sample["semantic"] = self.t(tv_tensors.Image(sample["image"]),
+                                                         tv_tensors.Mask(sample["semantic"]))
+        else:  # predict: an image alone
+            sample["image"] = self.t(sample["image"])
+        return sample
+
+
 @TASKS.register("segmentation")
 class SegmentationTask(Task):
     monitor = ("mIoU", "max")
@@ -169,16 +185,7 @@ class SegmentationTask(Task):
         d, s = cfg.data, cfg.data.segmentation
         t = segmentation_transforms(train, crop_size=d.image_size, ignore_index=cfg.model.head.ignore_index,
                                     scale=s.scale, base_size=s.base_size, hflip=d.augment.hflip)
-
-        def apply(sample: dict) -> dict:
-            if "semantic" in sample:  # Mask, so v2 resizes it with nearest and pads it with ignore
-                sample["image"], sample["semantic"] = t(tv_tensors.Image(sample["image"]),
-                                                        tv_tensors.Mask(sample["semantic"]))
-            else:  # predict: an image alone
-                sample["image"] = t(sample["image"])
-            return sample
-
-        return apply
+        return _ImageAndMask(t)
 
     # -- model -------------------------------------------------------------------------------------
     def preprocess(self, batch: dict) -> dict:
