@@ -257,6 +257,13 @@ def test_detection_ap_row_trains_both_head_settings_and_scores_the_test_split(tm
         for k, v in head.items():  # the baseline run really trained torchvision's head values
             assert cfg["model"]["head"][k] == v
     assert yaml.safe_load((tmp_path / "ours" / "config.yaml").read_text())["model"]["head"]["box_batch_size_per_image"] != 512
+    assert rows[0]["details"]["sides_trained"] == "one after the other"  # the CPU default
+
+    # the GPU default, forced here: torchvision's side in a spawned process beside ours, same numbers
+    at_once = detection_ap(False, overrides=over, keep=tmp_path / "at_once", at_once=True)
+    assert [(r["ours"], r["baseline"]) for r in at_once] == [(r["ours"], r["baseline"]) for r in rows]
+    assert at_once[0]["details"]["sides_trained"] == "at once"
+    assert (tmp_path / "at_once" / "torchvision_head" / "test_metrics.json").exists()
 
     # --baseline-from: torchvision's side comes from that record, checked, and is not trained again
     record = tmp_path / "record.json"
