@@ -3,6 +3,7 @@ checkpoints load into an eager model for eval (nn.Module.compile keeps the state
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from visionkit.engine.trainer import Trainer
@@ -25,3 +26,32 @@ def test_compiled_training_matches_eager_and_its_checkpoint_evaluates_eagerly(ti
     reloaded = Trainer(tiny_cfg(), checkpoint=tmp_path / "compiled" / "checkpoints" / "last.pt", log=quiet)
     assert reloaded.task._compiled_call_impl is None
     assert abs(reloaded.evaluate("val")["accuracy"] - metrics["accuracy"]) < 1e-6
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "detection", "depth"])
+def test_compile_reaches_what_each_tasks_loss_runs(task, tmp_path, shapes_root, make_config, monkeypatch):
+    """A compiled module the training step never calls would make train.compile a silent no-op
+    (segmentation's and detection's losses bypass the task's forward)."""
+    import torch._dynamo
+    from test_spawn_workers import _configs
+
+    from visionkit.config import load_config
+
+    compiled = []
+    original = torch.nn.Module.compile
+
+    def eager_compile(self, *args, **kwargs):  # dynamo's capture without inductor's C++ build
+        compiled.append(self)
+        return original(self, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
+    torch._dynamo.reset()
+    path = _configs(tmp_path, shapes_root, make_config)[task]
+    trainer = Trainer(load_config(path, ["train.compile=true"]), tmp_path / "run", log=lambda *a, **k: None)
+    assert compiled and all(m._compiled_call_impl is not None for m in compiled)
+    counters = torch._dynamo.utils.counters["stats"]
+    before = counters["unique_graphs"]
+    trainer.task.train()
+    losses = trainer.task.loss(trainer.to_device(next(iter(trainer.loader("train")))))
+    assert counters["unique_graphs"] > before, f"{task}: the training step ran no compiled graph"
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -210,7 +210,8 @@ class Trainer:
         if self.channels_last:
             self.task.to(memory_format=torch.channels_last)
         if cfg.train.compile:  # in place (nn.Module.compile): state-dict keys and checkpoints unchanged
-            self.task.compile()
+            for module in self.task.compile_targets():
+                module.compile()
         if cfg.model.backbone.weights and self.resume_path is None:
             self._load_pretrained()
         if checkpoint is None:

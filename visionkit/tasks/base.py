@@ -69,6 +69,13 @@ class Task(nn.Module):
         """Predictions in the task's documented format."""
         raise NotImplementedError
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The modules ``train.compile`` compiles in place: those :meth:`loss` and :meth:`predict`
+        call whose inputs keep one shape from batch to batch. Default: the task itself, for tasks
+        whose ``loss`` runs through ``forward``; a task whose loss calls its parts directly
+        names them."""
+        return [self]
+
     def evaluator(self) -> Evaluator:
         raise NotImplementedError
 

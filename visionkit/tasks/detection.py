@@ -194,6 +194,11 @@ class DetectionTask(Task):
     def forward(self, images: list[torch.Tensor]):
         return self.model(images)
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """Backbone + FPN on the resized, padded batch; the RPN and RoI heads work on data-dependent
+        numbers of boxes and stay eager."""
+        return [self.model.backbone]
+
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """torchvision's named terms: loss_objectness, loss_rpn_box_reg (RPN), loss_classifier,
         loss_box_reg (box head) and loss_mask (mask head)."""

@@ -214,6 +214,10 @@ class SegmentationTask(Task):
         """Class logits ``(B, C, H, W)`` at the input size."""
         return self._logits(images)
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """Backbone and heads: ``loss`` calls them without ``forward``."""
+        return [m for m in (self.backbone, self.head, self.aux_head) if m is not None]
+
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         images, target = batch["images"], batch["semantic"]
         if isinstance(images, list):
