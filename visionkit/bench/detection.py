@@ -255,18 +255,17 @@ def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None
         over += list(overrides)
         recipe = _recipe(_config(TORCHVISION_HEAD, over, dev))
         reused = recorded_baseline(Path(baseline_from), over, dev, recipe) if baseline_from else None
-        at_once = dev.type == "cuda" if at_once is None else at_once
         if reused:
             ours, t_ours, epochs = _train_run(folder / "ours", {}, over, dev)
             base, t_base = reused["metrics"], reused["seconds"]
             if reused["epochs"] != epochs:
                 raise ConfigError(f"--baseline-from {baseline_from}: its baseline trained {reused['epochs']} "
                                   f"epoch(s), this run {epochs}")
+            extra = {"baseline_from": reused["source"], "baseline_recipe_checked": reused["recipe_checked"]}
         else:
+            at_once = dev.type == "cuda" if at_once is None else at_once
             (ours, t_ours, epochs), (base, t_base, _) = _both_sides(folder, over, dev, at_once)
-    extra = {"baseline_from": reused["source"], "baseline_recipe_checked": reused["recipe_checked"]} if reused else {}
-    if not reused:
-        extra["sides_trained"] = "at once" if at_once else "one after the other"
+            extra = {"sides_trained": "at once" if at_once else "one after the other"}
     info = common.details(
         "mask_rcnn resnet18 fpn (ours: configs/detection/mask_rcnn_resnet18_fpn_shapes.yaml; baseline: the "
         "same with torchvision maskrcnn_resnet50_fpn head values)", "64 px scenes at the config's min_size",
