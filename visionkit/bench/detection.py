@@ -25,6 +25,7 @@ import torch
 
 from visionkit.bench import common
 from visionkit.errors import ConfigError
+from visionkit.models.heads.rcnn import DETECTOR_REVISION, REVISION_NOTES
 from visionkit.registry import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,7 +188,8 @@ def recorded_baseline(path: Path, over: list[str], dev, recipe: dict) -> dict:
     """The baseline side of an earlier ``detection_ap`` record (``--baseline-from FILE``), after
     checking that it trained what this run's baseline would: the same overrides, device type and
     torchvision head values (a key added to the head since counts as the value that reproduces
-    the model from before it, see ``DetectionTask.added_settings``) and, where the record keeps
+    the model from before it, see ``DetectionTask.added_settings``), the same detector code
+    (``DETECTOR_REVISION``; a record without it is revision 1) and, where the record keeps
     it, the same resolved recipe (``recipe``, this run's baseline's). Training torchvision's side takes 1 h 46 min on two cores;
     reusing it lets a change to our defaults be scored in the minutes our side takes."""
     from visionkit.tasks.detection import DetectionTask
@@ -215,6 +217,10 @@ def recorded_baseline(path: Path, over: list[str], dev, recipe: dict) -> dict:
     for key, value in TORCHVISION_HEAD.items():
         if then.get(key, "(not recorded)") != value:
             problems.append(f"model.head.{key} {then.get(key, '(not recorded)')} (here {value})")
+    revision = d.get("detector_revision", 1)  # records from before the field: revision 1
+    if revision != DETECTOR_REVISION:
+        problems.append(f"detector revision {revision}, {REVISION_NOTES.get(revision, 'unknown')} "
+                        f"(here {DETECTOR_REVISION}, {REVISION_NOTES[DETECTOR_REVISION]})")
     if "recipe_baseline" in d and d["recipe_baseline"] != recipe:
         keys = [k for k in recipe if d["recipe_baseline"].get(k) != recipe[k]]
         problems.append(f"the recipe's {', '.join(keys)} section(s)")
@@ -272,7 +278,7 @@ def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None
         "the recipe's", 1, dev, epochs=epochs, overrides=over, seconds_ours=round(t_ours, 1),
         seconds_baseline=None if t_base is None else round(t_base, 1), test_metrics_ours=ours,
         test_metrics_baseline=base, baseline_head=TORCHVISION_HEAD,
-        recipe_baseline=recipe, **extra)
+        recipe_baseline=recipe, detector_revision=DETECTOR_REVISION, **extra)
     return [common.row(f"5 detection test {k} after {epochs} epoch(s) each: our head defaults vs "
                        "torchvision's head values (same recipe, seed, scenes)",
                        ours[k], base[k], ">= 1.0", "AP", info)

@@ -37,6 +37,12 @@ from visionkit.models.heads.roi_align import FastMultiScaleRoIAlign
 from visionkit.models.necks.fpn import FPN
 
 VARIANTS = ("faster_rcnn", "mask_rcnn")
+# Bumped when a change to the code (not to a setting) changes what a detector learns or scores,
+# so a benchmark record from before it is not compared with a model from after it.
+# 1: torchvision's mask resize and paste; 2: masks kept on their boxes' pixels (_AlignedMaskTransform).
+DETECTOR_REVISION = 2
+REVISION_NOTES = {1: "torchvision's mask resize and paste",
+                  2: "target masks resized nearest-exact, masks pasted at sub-pixel precision"}
 NORMS = ("none", "batch", "group")
 
 
