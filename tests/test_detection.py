@@ -268,6 +268,10 @@ def test_masks_are_pasted_at_their_boxes_sub_pixel_place():
     assert _iou(ours, disc) >= 0.98  # 1.0 here
     assert _iou(theirs, disc) < _iou(ours, disc) - 0.1  # 0.84 here
     assert paste_masks(target[:0], box[:0], (64, 64)).shape == (0, 1, 64, 64)
+    plain = paste_masks(target, box, (64, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # evaluation under train.amp pastes in float32
+        mixed = paste_masks(target, box, (64, 64))
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
 
 
 def test_bf16_autocast_keeps_boxes_float32(tmp_path, shapes_root):

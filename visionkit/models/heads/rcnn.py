@@ -192,6 +192,9 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
 
     wy = weights(boxes[:, 1], boxes[:, 3], h, shift[1])
     wx = weights(boxes[:, 0], boxes[:, 2], w, shift[0])
+    if torch.is_autocast_enabled(masks.device.type):  # evaluation under train.amp: keep float32
+        with torch.autocast(masks.device.type, enabled=False):
+            return (wy @ masks @ wx.transpose(1, 2)).reshape(n, 1, h, w)
     return (wy @ masks @ wx.transpose(1, 2)).reshape(n, 1, h, w)
 
 
