@@ -17,6 +17,7 @@ argument, which is what makes the CPU defaults (see :class:`RCNNSettings`) possi
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
@@ -37,12 +38,11 @@ from visionkit.models.heads.roi_align import FastMultiScaleRoIAlign
 from visionkit.models.necks.fpn import FPN
 
 VARIANTS = ("faster_rcnn", "mask_rcnn")
-# Bumped when a change to the code (not to a setting) changes what a detector learns or scores,
-# so a benchmark record from before it is not compared with a model from after it.
-# 1: torchvision's mask resize and paste; 2: masks kept on their boxes' pixels (_AlignedMaskTransform).
-DETECTOR_REVISION = 2
+# A new entry whenever a change to the code (not to a setting) changes what a detector learns or
+# scores, so a benchmark record from before it is not compared with a model from after it.
 REVISION_NOTES = {1: "torchvision's mask resize and paste",
                   2: "target masks resized nearest-exact, masks pasted at sub-pixel precision"}
+DETECTOR_REVISION = max(REVISION_NOTES)
 NORMS = ("none", "batch", "group")
 
 
@@ -192,10 +192,11 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
 
     wy = weights(boxes[:, 1], boxes[:, 3], h, shift[1])
     wx = weights(boxes[:, 0], boxes[:, 2], w, shift[0])
-    if torch.is_autocast_enabled(masks.device.type):  # evaluation under train.amp: keep float32
-        with torch.autocast(masks.device.type, enabled=False):
-            return (wy @ masks @ wx.transpose(1, 2)).reshape(n, 1, h, w)
-    return (wy @ masks @ wx.transpose(1, 2)).reshape(n, 1, h, w)
+    # evaluation under train.amp: keep the matmuls float32 (no autocast context when none is on,
+    # so an export traces plain matmuls)
+    on = torch.is_autocast_enabled(masks.device.type)
+    with torch.autocast(masks.device.type, enabled=False) if on else contextlib.nullcontext():
+        return (wy @ masks @ wx.transpose(1, 2)).reshape(n, 1, h, w)
 
 
 class _AlignedMaskTransform(GeneralizedRCNNTransform):
