@@ -193,3 +193,30 @@ def test_random_scale_keeps_depth_edges_on_the_images_edges(factor):
     bright = img[0].float() / 255
     sure = (bright - 0.5).abs() > 0.1
     assert torch.equal((bright > 0.5)[sure], (dep[0] == 2.0)[sure])
+
+
+@pytest.mark.parametrize("size", [(51, 51), (54, 54), (70, 70), (80, 80)])
+@pytest.mark.parametrize("train", [False, True])
+def test_fixed_resize_keeps_depth_edges_on_the_images_edges(size, train):
+    """``data.depth.resize`` (applied in training and evaluation alike) resamples depth at pixel
+    centres too: v2's Resize samples masks with plain 'nearest', which at 0.8x put stripe rims on
+    the wrong side of the image's edge, so the scores compared predictions with a shifted truth."""
+    from torchvision import tv_tensors
+
+    from visionkit.tasks.depth import depth_transforms
+
+    class D(dict):
+        __getattr__ = dict.__getitem__
+
+    image = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    depth = torch.full((1, 64, 64), 8.0)
+    for edge in range(9, 60, 10):
+        image[:, :, edge:edge + 5], depth[:, :, edge:edge + 5] = 255, 2.0
+    cfg = D(kb_crop=False, resize=list(size), crop=None, scale=[1.0, 1.0])
+    out = depth_transforms(train, cfg, hflip=0.0)({"image": tv_tensors.Image(image),
+                                                    "depth": tv_tensors.Mask(depth)})
+    img, dep = out["image"], out["depth"]
+    assert dep.shape[-2:] == size and set(dep.unique().tolist()) <= {2.0, 8.0}
+    bright = img[0].float() / 255
+    sure = (bright - 0.5).abs() > 0.1
+    assert torch.equal((bright > 0.5)[sure], (dep[0] == 2.0)[sure])

@@ -6,8 +6,9 @@ scoring use only the valid pixels of the ground truth (a measurement, inside the
 metrics are those of :mod:`visionkit.evaluation.depth`.
 
 Joint transforms move image and depth together (``torchvision.transforms.v2`` with the depth map
-as a ``tv_tensors.Mask``, which every geometric transform resamples with *nearest*): a flip,
-crop or rescale never invents a depth value by interpolation, and padding is 0 (no measurement).
+as a ``tv_tensors.Mask``, which every geometric transform resamples with *nearest*; resizes
+sample it at pixel centres, like the image): a flip, crop or rescale never invents a depth value by
+interpolation, and padding is 0 (no measurement).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torchvision.transforms.v2._utils import query_size
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.depth import depth_scale, write_depth_png
-from visionkit.data.segmentation_transforms import RandomScale
+from visionkit.data.segmentation_transforms import RandomScale, Resize
 from visionkit.errors import ConfigError, DataError
 from visionkit.evaluation.depth import CROPS, DepthEvaluator, valid_mask
 from visionkit.models.build import build_backbone
@@ -56,7 +57,7 @@ def depth_transforms(train: bool, d, hflip: float) -> v2.Compose:
     if d.kb_crop:
         steps.append(BottomCenterCrop())
     if d.resize:
-        steps.append(v2.Resize(tuple(d.resize), antialias=True))
+        steps.append(Resize(tuple(d.resize), antialias=True))  # depth at pixel centres too
     if train:
         if tuple(d.scale) != (1.0, 1.0):
             steps.append(RandomScale(d.scale))  # depth maps as labels: nearest-exact, never blended
