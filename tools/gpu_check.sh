@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared check for a lent GPU machine (README, Performance: "On a GPU"), one call per mode:
-#   bash tools/gpu_check.sh ap      row 5 at equal epochs: the shapes Mask R-CNN recipe's 7 epochs
+#   bash tools/gpu_check.sh ap      row 5 at equal epochs: the shapes Mask R-CNN recipe's epochs (5)
 #                                   with our head defaults and with torchvision's, side by side
-#                                   (about 8 min on an H200)
+#                                   (about 6 min on an H200)
 #   bash tools/gpu_check.sh tests   the CUDA tests (tests/test_cuda.py + exact resume on CUDA, ~3 min)
 #   bash tools/gpu_check.sh gpu     row 8, trainer images/s against the textbook loop (about 70 s)
 # Results go to $OUT (default /tmp/gpu_check): env.txt (card, versions), the benchmark JSON, and for
