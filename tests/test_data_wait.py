@@ -13,7 +13,7 @@ def test_trainer_logs_the_data_wait_share_per_window_and_epoch(tiny_cfg, tmp_pat
     cfg = tiny_cfg(**{"train.epochs": 2, "train.log_every": 2})
     Trainer(cfg, tmp_path / "run", log=logs.append).fit()
 
-    line = re.compile(r"epoch \d/2 train: \d+ images/s, \d+% of the time waiting for data")
+    line = re.compile(r"epoch \d/2 train: [\d.]+ images/s, \d+% of the time waiting for data")
     lines = [m for m in logs if line.match(m)]
     assert len(lines) == 2, logs
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -47,6 +47,11 @@ def test_slow_input_is_called_the_bottleneck(tmp_path):
                                   "time": 0.3, "data_wait": wait})
     hook.after_epoch(trainer)
     assert logs[-1] == "epoch 1/3 train: 20 images/s, 3% of the time waiting for data"
+    for _ in range(2):  # a slow model (8 images in 14.5 s) keeps two digits instead of "0"
+        hook.after_step(trainer, {"loss": 1.0, "losses": {"loss_ce": 1.0}, "lr": 0.1, "batch_size": 8,
+                                  "time": 14.5, "data_wait": 0.0})
+    hook.after_epoch(trainer)
+    assert logs[-1] == "epoch 1/3 train: 0.55 images/s, 0% of the time waiting for data"
     hook.writer.close()
 
 

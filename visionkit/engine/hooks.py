@@ -108,9 +108,10 @@ class LoggerHook(Hook):
             share = t["data_wait"] / t["time"]
             hint = (" -- the input is the bottleneck: raise data.num_workers, keep data.cache on, "
                     "or use smaller image files") if share > self.SLOW_INPUT else ""
-            trainer.log(f"epoch {trainer.epoch}/{trainer.cfg.train.epochs} train: "
-                        f"{t['images'] / t['time']:.0f} images/s, {share:.0%} of the time waiting "
-                        f"for data{hint}")
+            rate = t["images"] / t["time"]
+            rate = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"  # a slow run's 0.55 is not "0"
+            trainer.log(f"epoch {trainer.epoch}/{trainer.cfg.train.epochs} train: {rate} images/s, "
+                        f"{share:.0%} of the time waiting for data{hint}")
         if self.bar is not None:
             self.bar.close()
             self.bar = None
