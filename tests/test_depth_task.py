@@ -176,23 +176,34 @@ def test_visualize_shows_input_prediction_truth_and_error(shapes_root, tmp_path)
     assert only_pred.shape[-1] == 4 * (2 + 2 * 34)  # input | prediction
 
 
-@pytest.mark.parametrize("factor", [0.8, 0.85, 1.1, 1.25])
-def test_random_scale_keeps_depth_edges_on_the_images_edges(factor):
-    """Depth is resampled at pixel centres like the image (plain 'nearest' put object rims up to
-    half a pixel off, giving them the depth of the other side); values are never blended."""
+def _stripes():
+    """A 64 px image and depth map of bright stripes near the camera (2 m) before a far wall (8 m),
+    their edges at many sub-pixel phases once resized."""
     from torchvision import tv_tensors
-
-    from visionkit.data.segmentation_transforms import RandomScale
 
     image = torch.zeros(1, 64, 64, dtype=torch.uint8)
     depth = torch.full((1, 64, 64), 8.0)
-    for edge in range(9, 60, 10):  # stripes near the camera, edges at many sub-pixel phases
+    for edge in range(9, 60, 10):
         image[:, :, edge:edge + 5], depth[:, :, edge:edge + 5] = 255, 2.0
-    img, dep = RandomScale((factor, factor))(tv_tensors.Image(image), tv_tensors.Mask(depth))
+    return tv_tensors.Image(image), tv_tensors.Mask(depth)
+
+
+def _assert_rims_agree(img, dep):
+    """Depth values were never blended, and wherever the image is clearly stripe or wall the
+    depth says the same."""
     assert set(dep.unique().tolist()) <= {2.0, 8.0}
     bright = img[0].float() / 255
     sure = (bright - 0.5).abs() > 0.1
     assert torch.equal((bright > 0.5)[sure], (dep[0] == 2.0)[sure])
+
+
+@pytest.mark.parametrize("factor", [0.8, 0.85, 1.1, 1.25])
+def test_random_scale_keeps_depth_edges_on_the_images_edges(factor):
+    """Depth is resampled at pixel centres like the image (plain 'nearest' put object rims up to
+    half a pixel off, giving them the depth of the other side); values are never blended."""
+    from visionkit.data.segmentation_transforms import RandomScale
+
+    _assert_rims_agree(*RandomScale((factor, factor))(*_stripes()))
 
 
 @pytest.mark.parametrize("size", [(51, 51), (54, 54), (70, 70), (80, 80)])
@@ -201,22 +212,13 @@ def test_fixed_resize_keeps_depth_edges_on_the_images_edges(size, train):
     """``data.depth.resize`` (applied in training and evaluation alike) resamples depth at pixel
     centres too: v2's Resize samples masks with plain 'nearest', which at 0.8x put stripe rims on
     the wrong side of the image's edge, so the scores compared predictions with a shifted truth."""
-    from torchvision import tv_tensors
-
     from visionkit.tasks.depth import depth_transforms
 
     class D(dict):
         __getattr__ = dict.__getitem__
 
-    image = torch.zeros(1, 64, 64, dtype=torch.uint8)
-    depth = torch.full((1, 64, 64), 8.0)
-    for edge in range(9, 60, 10):
-        image[:, :, edge:edge + 5], depth[:, :, edge:edge + 5] = 255, 2.0
+    image, depth = _stripes()
     cfg = D(kb_crop=False, resize=list(size), crop=None, scale=[1.0, 1.0])
-    out = depth_transforms(train, cfg, hflip=0.0)({"image": tv_tensors.Image(image),
-                                                    "depth": tv_tensors.Mask(depth)})
-    img, dep = out["image"], out["depth"]
-    assert dep.shape[-2:] == size and set(dep.unique().tolist()) <= {2.0, 8.0}
-    bright = img[0].float() / 255
-    sure = (bright - 0.5).abs() > 0.1
-    assert torch.equal((bright > 0.5)[sure], (dep[0] == 2.0)[sure])
+    out = depth_transforms(train, cfg, hflip=0.0)({"image": image, "depth": depth})
+    assert out["depth"].shape[-2:] == size
+    _assert_rims_agree(out["image"], out["depth"])

@@ -19,6 +19,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from visionkit.data.segmentation_transforms import resize_masks
+
 
 class _DropCrowd:
     """Crowd regions are not objects to learn (COCO's ``iscrowd``): remove them before training."""
@@ -51,20 +53,6 @@ class _ScaleJitterCrop:
         if masks is not None:
             sample["masks"] = resize_masks(masks, size)
         return v2.RandomCrop((h, w), pad_if_needed=True, fill=0)(sample)
-
-
-def resize_masks(masks: torch.Tensor, size) -> torch.Tensor:
-    """Instance masks at ``size`` (H, W), each output pixel from the input pixel its centre falls
-    in. v2's and torchvision's detection resize use ``nearest`` (the input index rounded down),
-    which at a non-integer scale moves a mask's content by half an output pixel right and down on
-    average against its box and image; at 64 px that is a visible share of a small shape."""
-    size = [int(v) for v in size]
-    if masks.shape[0] == 0:  # an image without instances
-        out = masks.as_subclass(torch.Tensor).new_zeros((0, *size))
-    else:
-        out = torch.nn.functional.interpolate(masks.as_subclass(torch.Tensor)[:, None].float(), size=size,
-                                              mode="nearest-exact")[:, 0].to(masks.dtype)
-    return tv_tensors.wrap(out, like=masks) if isinstance(masks, tv_tensors.TVTensor) else out
 
 
 class _TargetsOnly:

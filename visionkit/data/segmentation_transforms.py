@@ -16,24 +16,27 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["RandomScale", "Resize", "segmentation_transforms"]
+__all__ = ["RandomScale", "Resize", "resize_masks", "segmentation_transforms"]
 
 
-def _resize_at_centres(inpt: tv_tensors.Mask, size: Sequence[int]) -> tv_tensors.Mask:
-    # "nearest-exact" samples each output pixel's centre, as the image's bilinear resize does
-    # (half-pixel centres). Plain "nearest" (v2's default for masks) samples at floor(i * in / out),
-    # a shift of up to half an input pixel: at factor 0.8 about every other object rim came out on
-    # the wrong side of the image's edge.
-    return F.resize(inpt, list(size), interpolation=v2.InterpolationMode.NEAREST_EXACT)
+def resize_masks(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Masks (label or depth maps, a stack of instance masks, empty or not; a ``Mask`` or a plain
+    tensor of any dtype) at ``size`` (H, W), each output pixel from the input pixel its centre
+    falls in ("nearest-exact"), as the image's bilinear resize samples (half-pixel centres).
+    Plain "nearest" (v2's and torchvision's detection resize for masks) samples at
+    floor(i * in / out), a shift of up to half an input pixel right and down: at factor 0.8 about
+    every other object rim came out on the wrong side of the image's edge, and at 64 px it is a
+    visible share of a small shape."""
+    return F.resize(masks, [int(v) for v in size], interpolation=v2.InterpolationMode.NEAREST_EXACT)
 
 
 class Resize(v2.Resize):
     """``v2.Resize`` to a fixed size whose masks (label or depth maps) are sampled at pixel
-    centres, so they stay on the image's edges (see :func:`_resize_at_centres`)."""
+    centres, so they stay on the image's edges (see :func:`resize_masks`)."""
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask) and self.size is not None and len(self.size) == 2:
-            return _resize_at_centres(inpt, self.size)
+            return resize_masks(inpt, self.size)
         return super().transform(inpt, params)
 
 
@@ -60,7 +63,7 @@ class RandomScale(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask):
-            return _resize_at_centres(inpt, params["size"])
+            return resize_masks(inpt, params["size"])
         if isinstance(inpt, tv_tensors.Image):
             return F.resize(inpt, params["size"], antialias=True)
         return inpt
