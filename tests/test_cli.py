@@ -155,6 +155,18 @@ def test_resume_without_checkpoint_fails_and_never_starts_fresh(make_config, tmp
     assert not (tmp_path / "empty").exists()
 
 
+def test_resume_followed_by_overrides_resumes_instead_of_reading_a_path(make_config, tmp_path):
+    # argparse gives `--resume`'s optional PATH the next token: `--resume train.epochs=2` must
+    # still mean "resume, with this override", not "checkpoint 'train.epochs=2' does not exist"
+    cfg = make_config(**{"train.epochs": 1})
+    run_dir = tmp_path / "r"
+    assert run("train", cfg, "--run-dir", run_dir).returncode == 0
+    r = run("train", cfg, "--run-dir", run_dir, "--resume", "train.epochs=2")
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in records if m["split"] == "val"] == [1, 2]  # the second epoch ran once
+
+
 def test_tools_wrappers_call_the_same_functions(make_config, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), str(make_config(**{"train.epochs": 1})),
                         "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=600)

@@ -96,7 +96,11 @@ def _split_overrides(tokens: list[str]) -> tuple[list[str], list[str]]:
 def cmd_train(args) -> int:
     from visionkit import api
 
-    trainer = api.train(args.config, args.overrides, run_dir=args.run_dir, resume=args.resume)
+    resume, overrides = args.resume, list(args.overrides)
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        # `--resume key=value ...`: argparse hands the first override to --resume's optional PATH
+        resume, overrides = True, [resume, *overrides]
+    trainer = api.train(args.config, overrides, run_dir=args.run_dir, resume=resume)
     if not trainer.group.is_main:  # under torchrun rank 0 reports for the group
         return 0
     if trainer.last_metrics:
