@@ -177,6 +177,28 @@ def test_mixed_precision_trains_on_cpu(tiny_cfg, easy_root, tmp_path, amp):
     assert trainer.scaler.is_enabled() == (amp == "fp16")
 
 
+def test_fp16_steps_skipped_by_the_loss_scaler_raise_no_scheduler_order_warning(tiny_cfg, tmp_path):
+    """GradScaler skips the optimizer step while its scale overflows (often the first steps of an
+    fp16 run) and the schedule still advances. With a per-tensor optimizer torch then warns
+    "lr_scheduler.step() before optimizer.step()"; the fused optimizers the trainer builds take
+    the step call and skip inside their kernel, so an fp16 run starts quiet (fails with fused off)."""
+    import warnings
+
+    cfg = tiny_cfg(**{"train.epochs": 2, "train.amp": "fp16", "train.device": "cpu"})
+    trainer = Trainer(cfg, tmp_path / "r", log=lambda *a: None)
+    # 2**24 overflows fp16 gradients at once; halving per skipped step it settles after a few
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    weights = lambda: torch.nn.utils.parameters_to_vector(trainer.task.parameters()).detach().clone()  # noqa: E731
+    before = weights()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit()
+    assert trainer.scaler.get_scale() < 2.0**24  # steps were skipped
+    assert not torch.equal(before, weights())  # and later ones were taken
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "lr_scheduler.step()" in m], said
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_picks_bf16_only_where_the_device_has_it(tiny_cfg, tmp_path, monkeypatch, native):
     """On a CPU without AVX-512 BF16 / AMX bf16 is emulated and slower than fp32, so auto falls back."""
