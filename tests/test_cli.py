@@ -58,9 +58,12 @@ def test_config_show_prints_the_resolved_config(make_config):
 
 
 def test_info_lists_registries():
-    r = run("info")
-    assert r.returncode == 0
-    assert "classification" in r.stdout and "resnet50" in r.stdout and "shapes" in r.stdout
+    r = run("info", "--json")
+    assert r.returncode == 0, r.stderr
+    reg = json.loads(r.stdout)
+    assert set(reg["tasks"]) == {"classification", "detection", "segmentation", "depth"}
+    assert {"shapes", "image_folder", "coco", "segmentation_folder", "depth_pairs"} <= set(reg["datasets"])
+    assert {"lenet5", "alexnet", "vgg16", "resnet50", "resnext50_32x4d", "densenet121", "se_resnet50"} <= set(reg["backbones"])
 
 
 def test_data_synth_writes_the_layout(tmp_path):

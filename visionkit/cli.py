@@ -150,8 +150,9 @@ def cmd_predict(args) -> int:
 
 def cmd_info(args) -> int:
     from visionkit.registry import BACKBONES, DATASETS, TASKS
-    import visionkit.models.backbones  # noqa: F401
-    import visionkit.data.datasets.sources  # noqa: F401
+    from visionkit.schema import register_builtins
+
+    register_builtins()  # every task and data set, not only those the backbones' import brings
 
     if args.models:
         from visionkit.models.stats import model_stats
