@@ -118,7 +118,21 @@ def test_missing_root(tmp_path):
     root = tmp_path / "nowhere"
     with pytest.raises(DataError) as err:
         ImageFolderDataset(root)
-    assert str(root) in str(err.value) and "visionkit data synth shapes" in str(err.value)
+    # a user's own data: the layout it needs, no suggestion to generate synthetic images there
+    assert str(err.value) == (f"data root '{root}' does not exist; point data.root at a folder of class "
+                              f"folders ('{root / '<class>' / '<image>.png'}')")
+
+
+def test_missing_default_root_suggests_generating_shapes(tmp_path, monkeypatch):
+    from visionkit import load_config
+    from visionkit.data.datasets.folder import SHAPES_DEFAULT_ROOT
+
+    (tmp_path / "c.yaml").write_text("data:\n  dataset: image_folder\n")
+    assert load_config(tmp_path / "c.yaml").data.root == SHAPES_DEFAULT_ROOT  # the schema's default
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        ImageFolderDataset(SHAPES_DEFAULT_ROOT)
+    assert f"`visionkit data synth shapes --out {SHAPES_DEFAULT_ROOT}`" in str(err.value)
 
 
 def test_root_without_class_folders(tmp_path):
@@ -145,6 +159,7 @@ def test_corrupt_image_raises_naming_the_file(tree):
         ds[index]
     assert str(bad) in str(err.value)
     assert ".cpp" not in str(err.value)  # torchvision's source location is trimmed
+    assert "not a JPEG, PNG, WEBP, GIF or BMP file; replace or delete the file" in str(err.value)
 
 
 def test_skip_mode_returns_none_and_collate_drops_it(tree):

@@ -81,8 +81,22 @@ def test_shapes_written_as_coco_train_through_the_coco_reader(tmp_path):
 
 
 def test_coco_root_without_annotations_is_a_named_error(tmp_path):
+    (tmp_path / "empty").mkdir()
     cfg = tiny_detection_config(tmp_path, tmp_path / "empty", dataset="coco")
     r = run("train", cfg, "--run-dir", tmp_path / "run")
     assert r.returncode == 1
     assert "no COCO training annotations" in r.stderr and "instances_train" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_coco_file_without_images_fails_data_check_and_train(tmp_path):
+    ann = tmp_path / "coco" / "annotations" / "instances_train.json"
+    ann.parent.mkdir(parents=True)
+    ann.write_text(json.dumps({"images": []}))
+    cfg = tiny_detection_config(tmp_path, tmp_path / "coco", dataset="coco")
+    for args in (["data", "check", cfg], ["train", cfg, "--run-dir", tmp_path / "run"]):
+        r = run(*args)
+        assert r.returncode == 1, r.stdout
+        assert r.stderr.startswith(f"error: {ann} has no images: its 'images' list is missing or empty")
+        assert "no problems found" not in r.stdout and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -98,6 +98,41 @@ def test_unknown_category_id_is_a_named_error(tmp_path):
         CocoDetection(_write(tmp_path, anns), tmp_path / "img")
 
 
+@pytest.mark.parametrize("content,needle", [
+    ({"images": []}, "has no images: its 'images' list is missing or empty; list each image as"),
+    ({"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], "annotations": []},
+     "has no categories: its 'categories' list is missing or empty; list each class as"),
+    ([], "is not a COCO instances file: its top level is a list, but must be an object with 'images', "
+         "'annotations' and 'categories' lists"),
+])
+def test_a_file_without_images_or_categories_or_not_an_object_is_a_named_error(tmp_path, content, needle):
+    path = tmp_path / "instances_train.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DataError) as err:
+        CocoDetection(path, tmp_path)
+    assert str(err.value).startswith(f"{path} ") and needle in str(err.value)
+
+
+def test_a_file_left_without_usable_images_is_a_named_error(tmp_path):
+    path = _write(tmp_path, [])  # three images, none annotated
+    with pytest.raises(DataError, match=r"none of its 3 image\(s\) is left .*keep_empty: false") as err:
+        CocoDetection(path, tmp_path / "img", keep_empty=False, log=lambda line: None)
+    assert str(path) in str(err.value)
+    for f in (tmp_path / "img").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="their files are missing"):
+        CocoDetection(path, tmp_path / "img", on_error="skip", log=lambda line: None)
+
+
+def test_missing_root_is_named_before_the_annotations(tmp_path):
+    with pytest.raises(DataError) as err:
+        find_coco_splits(tmp_path / "no-such-root")
+    assert str(err.value).startswith(f"data root '{tmp_path / 'no-such-root'}' does not exist; point "
+                                     "data.root at a COCO folder holding annotations/instances_train")
+    with pytest.raises(DataError, match="no COCO training annotations under"):
+        find_coco_splits(tmp_path)  # the root is there, its annotations are not
+
+
 def test_boxes_outside_or_of_zero_area_are_clipped_or_dropped_with_a_count(tmp_path):
     anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [30, 20, 20, 20], "iscrowd": 0},  # clipped
             {"id": 2, "image_id": 1, "category_id": 3, "bbox": [5, 5, 0, 10], "iscrowd": 0},  # zero width

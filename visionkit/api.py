@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.io import ImageReadMode
 from torchvision.utils import save_image
 
 from visionkit.config import Config, load_config
+from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.trainer import Trainer, resolve_device
 from visionkit.errors import CheckpointError, DataError
 from visionkit.registry import TASKS
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def _cfg(config: str | Path | Config, overrides: Iterable[str] = ()) -> Config:
@@ -58,16 +57,26 @@ def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Seq
 def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     """Files as given, and the images inside given directories (recursively, sorted)."""
     files: list[Path] = []
+    empty: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            files += found
+            if not found:
+                empty.append(p)
         elif p.is_file():
             files.append(p)
         else:
             raise DataError(f"input '{p}' does not exist")
     if not files:
-        raise DataError("no input images found; pass image files or folders holding them")
+        where = ""
+        if empty:
+            names = ", ".join(f"'{p}'" for p in empty)
+            where = (f": {'folder' if len(empty) == 1 else 'folders'} {names} "
+                     f"{'holds' if len(empty) == 1 else 'hold'} no {'/'.join(IMAGE_EXTENSIONS)} files "
+                     "(sub-folders included)")
+        raise DataError(f"no input images found{where}; pass image files or folders holding them")
     return files
 
 
@@ -113,11 +122,12 @@ def predict_images(task, inputs: Sequence[str], mode: ImageReadMode, infer, out_
     if out:
         out.mkdir(parents=True, exist_ok=True)
     records = []
+    channels = 1 if mode == ImageReadMode.GRAY else 3
     for i, path in enumerate(list_images(inputs)):
-        try:
-            image = decode_image(str(path), mode=mode)
-        except (RuntimeError, ValueError) as e:
-            raise DataError(f"cannot decode image '{path}': {e}") from None
+        # the training reader: the same pixels a model was trained on (BMP, 16-bit PNG, GIF frame
+        # included) and the same DataError, with a fix that fits predict
+        image = read_image(str(path), channels, fix="replace the file or leave it out of the inputs")
+        image = image.as_subclass(torch.Tensor)
         batch, preds = infer(image, path)
         rec = {"path": str(path), **task.record(preds, 0)}
         log(f"{path}: {task.describe(preds, 0)}")

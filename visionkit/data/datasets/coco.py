@@ -10,9 +10,10 @@ COCO layout under ``data.root`` (the one the COCO download unpacks to)::
     train2017/000000000009.jpg             images of a split in <split><suffix>/, else under root
 
 Category ids are mapped to labels in increasing id order (``category_ids[label]`` maps back).
-What a user can fix raises :class:`DataError` naming the file and the annotation: an unknown
-category id, an RLE mask whose size is not its image's, a missing image file (``on_error: skip``
-drops those images instead and says how many). Boxes partly outside their image are clipped and
+What a user can fix raises :class:`DataError` naming the file and the annotation: a file that is
+no instances object or lists no images or no categories, an unknown category id, an RLE mask
+whose size is not its image's, a missing image file (``on_error: skip`` drops those images
+instead and says how many), no image left to use. Boxes partly outside their image are clipped and
 boxes of zero area (before or after clipping) are dropped; the count is printed once per file.
 """
 
@@ -64,6 +65,33 @@ def instance_sample(image, boxes, labels, masks, iscrowd, area, image_id, path) 
     return sample
 
 
+#: what each list of an instances file must hold (an empty one leaves nothing to train on)
+_REQUIRED = {"images": 'each image as {"id", "file_name", "width", "height"}',
+             "categories": 'each class as {"id", "name"}'}
+
+
+def load_coco(ann_file: Path):
+    """``pycocotools.coco.COCO`` of ``ann_file``; DataError naming the file when it is no COCO
+    instances file or lists no images or no categories."""
+    from pycocotools.coco import COCO
+
+    try:
+        coco = _quiet(COCO, str(ann_file))
+    except AssertionError as e:  # pycocotools asserts that the top level is a dict
+        if "not supported" not in str(e):
+            raise
+        raise DataError(f"{ann_file} is not a COCO instances file: its top level is a "
+                        f"{type(json.loads(ann_file.read_text())).__name__}, but must be an object "
+                        "with 'images', 'annotations' and 'categories' lists") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"cannot read COCO annotations '{ann_file}': {e}") from None
+    for key, entry in _REQUIRED.items():
+        if not coco.dataset.get(key):
+            raise DataError(f"{ann_file} has no {key}: its '{key}' list is missing or empty; "
+                            f"list {entry} (or point data.root at the right annotations)")
+    return coco
+
+
 class CocoDetection(Dataset):
     """One COCO instances file with its images, checked and cleaned when opened.
 
@@ -73,14 +101,9 @@ class CocoDetection(Dataset):
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path, *, keep_empty: bool = True,
                  with_masks: bool = True, on_error: str = "raise", channels: int = 3, log=print):
-        from pycocotools.coco import COCO
-
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         self.with_masks, self.channels = with_masks, channels
-        try:
-            self.coco = _quiet(COCO, str(self.ann_file))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DataError(f"cannot read COCO annotations '{self.ann_file}': {e}") from None
+        self.coco = load_coco(self.ann_file)
         cats = sorted(self.coco.cats)
         self.category_ids = cats
         self.classes = [self.coco.cats[c]["name"] for c in cats]
@@ -114,6 +137,11 @@ class CocoDetection(Dataset):
                 log(f"{self.ann_file}: left out {len(empty)} image(s) without annotations "
                     "(data.coco.keep_empty: false)")
             ids = [i for i in ids if i not in set(empty)]
+        if not ids:
+            why = ("their files are missing" if len(missing) == len(self.coco.imgs)
+                   else "none has a file and an annotation (data.coco.keep_empty: false)")
+            raise DataError(f"{self.ann_file}: none of its {len(self.coco.imgs)} image(s) is left to use, "
+                            f"{why}; restore the images or annotations")
         self.ids = ids
 
     def _check(self, ann: dict) -> list[float] | None:
@@ -181,6 +209,10 @@ _ANN_FILE = re.compile(r"^instances_(train|val|test)(.*)\.json$")
 def find_coco_splits(root: Path) -> dict[str, tuple[Path, Path]]:
     """``split -> (annotation file, image directory)`` found under ``root/annotations``."""
     found: dict[str, tuple[Path, Path]] = {}
+    if not root.is_dir():
+        state = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data root '{root}' {state}; point data.root at a COCO folder holding "
+                        "annotations/instances_train<suffix>.json (e.g. instances_train2017.json)")
     ann_dir = root / "annotations"
     for f in sorted(ann_dir.glob("instances_*.json")) if ann_dir.is_dir() else []:
         m = _ANN_FILE.match(f.name)

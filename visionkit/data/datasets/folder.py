@@ -43,6 +43,12 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLIT_NAMES = ("train", "val", "test")
 _EXT_HINT = "/".join(IMAGE_EXTENSIONS)
+#: the schema's default ``data.root``, where ``dataset: shapes`` generates its images
+SHAPES_DEFAULT_ROOT = "data/shapes"
+#: what the decoders read (torchvision's, and PIL for BMP), for "not a ... file" messages
+_FORMATS = "JPEG, PNG, WEBP, GIF or BMP"
+#: how to fix an unreadable training image (other readers, e.g. predict, pass their own)
+_SKIP_HINT = "replace or delete the file (or set on_error='skip' to drop unreadable images)"
 # torchvision's decoders read these directly; BMP has no torchvision decoder, so it goes to PIL.
 _PIL_ONLY = (".bmp",)
 # Only the PNG and JPEG decoders honour ImageReadMode.GRAY (WEBP/GIF warn or ignore it), so the
@@ -62,9 +68,13 @@ def _is_image(name: str) -> bool:
 
 def _check_root(root: str) -> None:
     if not os.path.exists(root):
+        # the synth hint only where the user kept the default root, which is the shapes set's;
+        # for their own data it would suggest replacing it by synthetic images
+        synth = (f" or run `visionkit data synth shapes --out {root}`"
+                 if os.path.abspath(root) == os.path.abspath(SHAPES_DEFAULT_ROOT) else "")
         raise DataError(
-            f"data root '{root}' does not exist; set data.root or run "
-            f"`visionkit data synth shapes --out {root}`"
+            f"data root '{root}' does not exist; point data.root at a folder of class folders "
+            f"('{os.path.join(root, '<class>', '<image>.png')}'){synth}"
         )
     if not os.path.isdir(root):
         raise DataError(
@@ -136,10 +146,17 @@ def split_roots(root: str | os.PathLike) -> dict[str, str]:
 
 
 def _clean_reason(error: Exception) -> str:
-    """The decoder's message without torchvision's C++ source location prefix."""
+    """The decoder's message without torchvision's C++ source location prefix, and in a user's
+    words where the decoder speaks to developers (torchvision's "Unsupported image file. ...
+    please rely on `decode_avif`", PIL's "cannot identify image file")."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     # e.g. "decode_image, /__w/vision/.../decode_image.cpp:67, Unsupported image file. ..."
-    return re.sub(r"^\w+, \S+\.cpp:\d+, ", "", text)
+    text = re.sub(r"^\w+, \S+\.cpp:\d+, ", "", text)
+    if text.startswith(("Unsupported image file", "cannot identify image file")):
+        return f"not a {_FORMATS} file"
+    if text.startswith("Expected a non empty file"):
+        return "the file is empty"
+    return text
 
 
 def _decode_with_pil(path: str, channels: int) -> torch.Tensor:
@@ -151,12 +168,13 @@ def _decode_with_pil(path: str, channels: int) -> torch.Tensor:
         return data.view(img.height, img.width, channels).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str, channels: int = 3) -> tv_tensors.Image:
+def read_image(path: str, channels: int = 3, *, fix: str = _SKIP_HINT) -> tv_tensors.Image:
     """Decode one file to a uint8 ``(channels, H, W)`` image; DataError if it cannot be read.
 
     Grayscale files are repeated to three channels when ``channels=3`` and colour files are
     converted to luminance when ``channels=1``, so every sample of a data set has one shape.
-    Animated GIFs give their first frame.
+    Animated GIFs give their first frame. ``fix`` ends the DataError: how the caller's user
+    gets past an unreadable file (by default the training data's ``on_error`` hint).
     """
     suffix = os.path.splitext(path)[1].lower()
     try:
@@ -167,8 +185,7 @@ def read_image(path: str, channels: int = 3) -> tv_tensors.Image:
             data = decode_image(path, mode=ImageReadMode.GRAY if gray else ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError, SyntaxError) as error:  # PIL raises SyntaxError too
         raise DataError(
-            f"cannot decode image '{path}': {_clean_reason(error)}; replace or delete the file "
-            "(or set on_error='skip' to drop unreadable images)"
+            f"cannot decode image '{path}': {_clean_reason(error)}; {fix}"
         ) from error
     if data.ndim == 4:
         data = data[0]

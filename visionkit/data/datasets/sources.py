@@ -22,9 +22,26 @@ def image_folder(cfg) -> Source:
     kw = dict(channels=d.channels, on_error=d.on_error)
     if has_own_splits(root):
         splits = {name: ImageFolderDataset(p, **kw) for name, p in split_roots(root).items()}
+        _need_two_classes(cfg, splits["train"])
         return Source(classes=splits["train"].classes, splits=splits)
     pool = ImageFolderDataset(root, **kw)
+    _need_two_classes(cfg, pool)
     return Source(classes=pool.classes, pool=pool, targets=pool.targets)
+
+
+def _need_two_classes(cfg, dataset: ImageFolderDataset) -> None:
+    """A single-label classifier of one class learns nothing (100 % accuracy from the start), so a
+    folder tree with one class folder is a mistake, e.g. data.root set one level too deep. A
+    multi-label head scores each class on its own (present or not), so one class is a task there."""
+    if cfg.task != "classification" or cfg.model.get("head", {}).get("multi_label"):
+        return
+    if len(dataset.classes) < 2:
+        root = dataset.root
+        raise DataError(
+            f"only one class ('{dataset.classes[0]}') under '{root}'; classification needs two or "
+            f"more class folders ('{Path(root) / '<class>' / '<image>.png'}'); add the other classes' "
+            "folders, or point data.root at the folder that holds them"
+        )
 
 
 class MultiHotLabels(Dataset):
