@@ -420,7 +420,7 @@ def test_torchvision_weights_names(resnet18_file, tmp_path, monkeypatch):
         load_backbone_weights(BACKBONES.build("resnet18"), "ResNet18_Weights.NOPE")
     bad = tmp_path / "not_a_checkpoint.pth"
     bad.write_text("hello")
-    with pytest.raises(CheckpointError, match=f"cannot read weights file {bad}: [^\n]*$"):
+    with pytest.raises(CheckpointError, match=f"weights file '{bad}' is not a PyTorch file"):
         load_backbone_weights(BACKBONES.build("resnet18"), str(bad))
     with pytest.raises(CheckpointError, match="neither an existing file"):
         load_backbone_weights(BACKBONES.build("resnet18"), str(tmp_path / "missing.pth"))

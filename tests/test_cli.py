@@ -76,6 +76,8 @@ def test_data_synth_writes_the_layout(tmp_path):
     (["train"], 2, "usage"),
     (["train", "nope.yaml"], 2, "config file 'nope.yaml' does not exist"),
     (["frobnicate"], 2, "invalid choice"),
+    (["export", "c.yaml", "--checkpoint", "x.pt", "--format", "onnx", "--out", "m.onnx", "--atol", "-1"], 2,
+     "--atol: -1 is below 0; a tolerance is 0 or more"),
 ])
 def test_usage_errors_exit_2(args, code, needle):
     r = run(*args)
@@ -88,6 +90,26 @@ def test_unknown_key_exits_2_with_suggestion_and_no_traceback(make_config):
     assert r.returncode == 2
     assert "unknown key 'train.optimiser'" in r.stderr and "did you mean 'optimizer'" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("trian.epochs=3", "command line: unknown key 'trian'; did you mean 'train'?"),  # was blamed on the file
+    ("epochs=3", "command line: unknown key 'epochs'; did you mean 'train.epochs'?"),
+    ("data.channels=2", "command line: 'data.channels' is 2, not one of: 1, 3"),  # was an AttributeError
+])
+def test_override_mistakes_are_blamed_on_the_command_line(make_config, override, needle):
+    r = run("config", "show", make_config(), override)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+
+
+def test_a_key_checked_against_the_data_names_where_it_was_set(make_config, tmp_path):
+    cfg = make_config()
+    r = run("train", cfg, "model.head.num_classes=10", "--run-dir", tmp_path / "r")
+    assert r.returncode == 2
+    assert "command line: 'model.head.num_classes' is 10 but the data set has 6 classes" in r.stderr, r.stderr
+    cfg.write_text(cfg.read_text().replace("model:\n", "model:\n  head:\n    num_classes: 10\n", 1))
+    r = run("train", cfg, "--run-dir", tmp_path / "r")
+    assert f"{cfg}: 'model.head.num_classes' is 10" in r.stderr, r.stderr
 
 
 def test_missing_data_root_names_the_path(make_config, tmp_path):
@@ -131,6 +153,39 @@ def test_unreadable_image_names_the_file(make_config, tmp_path):
     assert str(bad) in r.stderr and "Traceback" not in r.stderr
 
 
+def test_single_class_folder_is_refused_by_data_check_and_train(make_config, tmp_path):
+    root = tmp_path / "imgs"
+    _write_folder(root, classes=("circle",))
+    cfg = make_config(**{"data.dataset": "image_folder", "data.root": str(root)})
+    needle = (f"only one class ('circle') under '{root}'; classification needs two or more class folders")
+    for args in (["data", "check", cfg], ["train", cfg, "--run-dir", tmp_path / "r"]):
+        r = run(*args)
+        assert r.returncode == 1, r.stdout
+        assert needle in r.stderr and "no problems found" not in r.stdout
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_predict_names_a_file_that_is_no_image_and_a_folder_without_images(make_config, tmp_path):
+    cfg = make_config(**{"train.epochs": 1})
+    assert run("train", cfg, "--run-dir", tmp_path / "r").returncode == 0
+    ckpt = tmp_path / "r" / "checkpoints" / "last.pt"
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    r = run("predict", cfg, "--checkpoint", ckpt, fake)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"error: cannot decode image '{fake}': not a JPEG, PNG, WEBP, GIF or BMP "
+                                "file; replace the file or leave it out of the inputs")
+    empty = tmp_path / "emptydir"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    r = run("predict", cfg, "--checkpoint", ckpt, empty)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"error: no input images found: folder '{empty}' holds no "
+                                ".png/.jpg/.jpeg/.bmp/.gif/.webp files (sub-folders included); "
+                                "pass image files or folders holding them")
+
+
 def test_checkpoint_of_another_architecture_is_refused(make_config, tmp_path):
     cfg = make_config(**{"train.epochs": 1})
     assert run("train", cfg, "--run-dir", tmp_path / "r").returncode == 0
@@ -164,10 +219,40 @@ def test_resume_followed_by_overrides_resumes_instead_of_reading_a_path(make_con
     cfg = make_config(**{"train.epochs": 1})
     run_dir = tmp_path / "r"
     assert run("train", cfg, "--run-dir", run_dir).returncode == 0
-    r = run("train", cfg, "--run-dir", run_dir, "--resume", "train.epochs=2")
+    r = run("train", cfg, "--run-dir", run_dir, "--resume", "train.epochs=2", "train.optimizer.lr=0.5")
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in records if m["split"] == "val"] == [1, 2]  # the second epoch ran once
+    # the changed keys are said, the optimizer's are said not to apply, and both configs are kept
+    out = r.stdout + r.stderr
+    assert "resuming with 2 setting(s) changed since the checkpoint: train.epochs 1 -> 2, " \
+           "train.optimizer.lr 0.003 -> 0.5" in out, out
+    assert "train.optimizer changes do not apply on resume" in out
+    assert "epochs: 1" in (run_dir / "config.yaml").read_text()
+    assert "epochs: 2" in (run_dir / "config_resumed_step6.yaml").read_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "CFG", "--run-dir", "FILE"], "--run-dir 'FILE' is a file; give a folder"),
+    (["eval", "CFG", "--checkpoint", "FILE", "--output", "DIR"], "--output 'DIR' is a folder; give a file path"),
+    (["predict", "CFG", "FILE", "--checkpoint", "FILE", "--out", "FILE"], "--out 'FILE' is a file; give a folder"),
+    (["export", "CFG", "--checkpoint", "FILE", "--format", "torchscript", "--out", "DIR"],
+     "--out 'DIR' is a folder; give a file path, e.g. DIR/out.pt"),
+    (["data", "synth", "shapes", "--out", "FILE"], "--out 'FILE' is a file; give a folder"),
+])
+def test_a_file_where_a_folder_is_written_or_the_reverse_is_a_usage_error(make_config, tmp_path, args, needle):
+    """Before: FileExistsError / NotADirectoryError / IsADirectoryError tracebacks' first lines,
+    exit 1, and for export only after tracing the model."""
+    a_file, a_dir = tmp_path / "notes.txt", tmp_path / "somewhere"
+    a_file.write_text("mine")
+    a_dir.mkdir()
+    swap = {"CFG": str(make_config()), "FILE": str(a_file), "DIR": str(a_dir)}
+    r = run(*[swap.get(a, a) for a in args])
+    assert r.returncode == 2
+    for k, v in swap.items():
+        needle = needle.replace(k, v) if k != "CFG" else needle
+    assert needle in r.stderr, r.stderr
+    assert a_file.read_text() == "mine" and not any(a_dir.iterdir())
 
 
 def test_tools_wrappers_call_the_same_functions(make_config, tmp_path):

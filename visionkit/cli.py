@@ -248,6 +248,27 @@ def one_line(e: BaseException) -> str:
     return text
 
 
+# (command, option attribute, option as typed, what it must be) for paths a command writes
+_OUTPUTS = (("train", "run_dir", "--run-dir", "folder"), ("eval", "output", "--output", "file"),
+            ("predict", "out", "--out", "folder"), ("export", "out", "--out", "file"),
+            ("data", "out", "--out", "folder"))
+
+
+def _check_output_paths(parser: argparse.ArgumentParser, args) -> None:
+    """A file where a folder is written (or the reverse) is a usage error before any work, not an
+    OSError after it (an export that has already traced the model, say)."""
+    for command, attr, option, kind in _OUTPUTS:
+        value = getattr(args, attr, None) if args.command == command else None
+        if not value:
+            continue
+        path = Path(value)
+        if kind == "folder" and path.exists() and not path.is_dir():
+            parser.error(f"{option} '{value}' is a file; give a folder (it is created if missing)")
+        if kind == "file" and path.is_dir():
+            ext = ".json" if command == "eval" else ".onnx" if str(args.format).lower() == "onnx" else ".pt"
+            parser.error(f"{option} '{value}' is a folder; give a file path, e.g. {path / 'out'}{ext}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line
@@ -263,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.debug = debug
+    _check_output_paths(parser, args)
     try:
         code = COMMANDS[args.command](args)
         if code == 0 and "visionkit.engine.distributed" in sys.modules:  # under torchrun: leave together

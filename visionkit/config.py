@@ -141,6 +141,7 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], origins: dict) -> None:
             nxt = node.get(part)
             if nxt is None:
                 nxt = node[part] = {}
+                origins.setdefault(".".join(parts[: i + 1]), CMDLINE)  # a typo there is the command line's
             elif not isinstance(nxt, dict):
                 raise ConfigError(
                     f"{CMDLINE}: cannot set '{key}': '{'.'.join(parts[: i + 1])}' is not a mapping"
@@ -155,11 +156,20 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], origins: dict) -> None:
 class Config(dict):
     """A validated, resolved config: a nested dict with attribute access (``cfg.train.epochs``)."""
 
-    def __init__(self, data: Mapping | None = None, source: str | None = None):
+    def __init__(self, data: Mapping | None = None, source: str | None = None, origins: dict | None = None):
         super().__init__()
         for k, v in (data or {}).items():
             self[k] = Config(v) if isinstance(v, Mapping) and not isinstance(v, Config) else v
         self.source = source
+        self.origins = dict(origins or {})  # dotted key -> the file (or "command line") that set it
+
+    def where(self, key: str) -> str:
+        """Where ``key`` (or the keys under it) was set, for an error about it: its file, the
+        command line, or both; the config's own file for a default."""
+        if key in self.origins:
+            return self.origins[key]
+        found = sorted({o for k, o in self.origins.items() if k.startswith(key + ".")})
+        return " and ".join(found) if found else str(self.source)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -168,7 +178,7 @@ class Config(dict):
             raise AttributeError(name) from None
 
     def __deepcopy__(self, memo):
-        return Config(copy.deepcopy(self.to_dict(), memo), self.source)
+        return Config(copy.deepcopy(self.to_dict(), memo), self.source, self.origins)
 
     def to_dict(self) -> dict:
         return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
@@ -194,7 +204,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     raw = _load_tree(path, origins)
     apply_overrides(raw, list(overrides), origins)
     resolved = validate(raw, origins, default_file=str(path))
-    return Config(resolved, source=str(path))
+    return Config(resolved, source=str(path), origins=origins)
 
 
 def suggestion(key: str, valid: Iterable[str]) -> str:

@@ -81,12 +81,19 @@ def _check_field(f: Field, v: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: '{key}' must be <= {f.max}, got {x}")
         allowed = f.allowed()
         if allowed is not None and x not in allowed:
-            close = close_matches(str(x), allowed)
+            close = close_matches(str(x), allowed) if all(isinstance(a, str) for a in allowed) else []
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
                 f"{where}: '{key}' is {x!r}, not one of: {', '.join(map(str, allowed))}{hint}"
             )
     return v
+
+
+def _leaf_paths(schema: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, spec in schema.items():
+        out += _leaf_paths(spec, f"{prefix}{k}.") if isinstance(spec, dict) else [f"{prefix}{k}"]
+    return out
 
 
 def _walk(schema: dict, data: Any, path: str, origins: dict, default_file: str) -> dict:
@@ -97,7 +104,14 @@ def _walk(schema: dict, data: Any, path: str, origins: dict, default_file: str) 
         if k not in schema:
             key = f"{path}.{k}" if path else str(k)
             close = close_matches(str(k), [s for s in schema])
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(schema)}"
+            # 'epochs' at the top -> 'train.epochs'
+            deeper = [p for p in _leaf_paths(schema) if p.rsplit(".", 1)[-1] == k]
+            if close:
+                hint = f"; did you mean '{close[0]}'?"
+            elif deeper:
+                hint = f"; did you mean '{(path + '.' if path else '') + deeper[0]}'?"
+            else:
+                hint = f"; valid keys: {', '.join(schema)}"
             raise ConfigError(f"{origins.get(key, default_file)}: unknown key '{key}'{hint}")
     out = {}
     for k, spec in schema.items():

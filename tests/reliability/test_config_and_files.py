@@ -60,6 +60,28 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_cfg, make_config, tmp_
     assert marker.exists()
 
 
+def test_files_that_are_not_checkpoints_are_named_as_such(make_config, tmp_path, capsys):
+    """torch.load reports a text file as `KeyError: 101`, an empty one as an IndexError and a
+    folder as missing; each gets one line saying what the file is instead."""
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.save({"format": "visionkit-checkpoint"}, run / "best.pt")
+    (run / "manifest.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    cfg = make_config(**{"train.epochs": 1})
+    cases = {
+        tmp_path / "notes.txt": "is not a PyTorch file (torch.save writes a zip archive",
+        tmp_path / "empty.pt": "is empty (0 bytes)",
+        run / "manifest.json": "it is the manifest of the checkpoints beside it",
+        run: "is a folder; pass a .pt file in it (best.pt)",
+    }
+    for path, needle in cases.items():
+        assert main(["eval", str(cfg), "--checkpoint", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert f"'{path}'" in err and needle in err and "Error:" not in err, err
+
+
 def test_weights_for_another_architecture_are_refused_listing_the_keys(tiny_cfg, tmp_path):
     import torchvision
 

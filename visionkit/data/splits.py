@@ -217,7 +217,9 @@ def load_split(
     size -- gets the plainest message, as it is the usual reason: images were added or removed).
     """
     path = Path(path)
-    fix = "delete it or use another run dir"
+    # not "delete it": a new split of a trained run would put its training images in val and test
+    fix = ("use the data and data.split settings the run was made with (its config.yaml), "
+           "or train a new run in another --run-dir")
     try:
         payload = json.loads(path.read_text())
         meta = payload.get("meta", {})
@@ -226,7 +228,8 @@ def load_split(
         raise DataError(f"split file '{path}' does not exist") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         reason = f"{type(error).__name__}: {error}"
-        raise DataError(f"cannot read split file '{path}' ({reason}); {fix}") from error
+        raise DataError(f"cannot read split file '{path}' ({reason}); restore it from a backup "
+                        "or train a new run in another --run-dir") from error
 
     for key, wanted in (expected_meta or {}).items():
         wanted, saved = _as_json(wanted), meta.get(key)

@@ -183,8 +183,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     so a flipped bit that ``torch.load`` would not notice is refused too.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    check_torch_file(path, "checkpoint")
     expected = _listed_checksums(path)
     if expected is not None and sha256_file(path) not in expected:
         raise CheckpointError(
@@ -198,10 +197,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             f"checkpoint '{path}' was refused: it holds objects other than tensors and plain "
             f"values, which could run code when loaded ({str(e).splitlines()[0][:160]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError):
+        # torch's own explanation runs to paragraphs about other causes; the file is what matters
         raise CheckpointError(
-            f"checkpoint '{path}' is truncated or corrupt and cannot be read "
-            f"({str(e).splitlines()[0][:160]}); use an earlier checkpoint"
+            f"checkpoint '{path}' is truncated or corrupt and cannot be read; use an earlier checkpoint"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
@@ -209,6 +208,34 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             "model.backbone.weights instead"
         )
     return state
+
+
+def check_torch_file(path: Path, what: str) -> None:
+    """Refuse, naming ``path``, what ``torch.load`` would fail on with an unhelpful message: a
+    missing file, a folder, an empty file, or a file that is not a ``torch.save`` archive (a
+    JSON, a text file: torch.load then reports a ``KeyError`` of the first byte)."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt"))[:5]
+        hint = f" ({', '.join(found)})" if found else ""
+        raise CheckpointError(f"{what} '{path}' is a folder; pass a .pt file in it{hint}")
+    if not path.is_file():
+        raise CheckpointError(f"{what} '{path}' does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{what} '{path}' is empty (0 bytes); use another file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and not _legacy_torch_pickle(head):
+        hint = ("; it is the manifest of the checkpoints beside it: pass one of those"
+                if path.name == MANIFEST else "")
+        raise CheckpointError(f"{what} '{path}' is not a PyTorch file (torch.save writes a zip archive; "
+                              f"this is not one){hint}")
+
+
+def _legacy_torch_pickle(head: bytes) -> bool:
+    """torch.save before 1.6 (``_use_new_zipfile_serialization=False``) wrote a pickle stream:
+    protocol 2+ starts with 0x80 and the protocol number."""
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _listed_checksums(path: Path) -> set[str] | None:

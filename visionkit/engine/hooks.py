@@ -154,7 +154,8 @@ class CheckpointHook(Hook):
         if name not in metrics:
             from visionkit.errors import ConfigError
 
-            raise ConfigError(f"{trainer.cfg.source}: 'train.monitor' is '{name}', which is not a "
+            where = trainer.cfg.where("train.monitor")
+            raise ConfigError(f"{where}: 'train.monitor' is '{name}', which is not a "
                               f"validation metric; choose one of {', '.join(metrics)}")
         value = metrics[name]
         best = trainer.best

@@ -84,6 +84,13 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
     return "none", "amp none (auto: no native bf16 on this device, so fp32)"
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -409,6 +416,28 @@ class Trainer:
         set_rng_state(ranks[self.group.rank] if ranks and len(ranks) == self.group.world else state["rng"])
         where = f" batch {self.step_in_epoch}" if self.step_in_epoch else ""
         self.log(f"resumed from {self.resume_path} at epoch {self.epoch}{where} (step {self.global_step})")
+        self._note_changed_settings(state.get("config"))
+
+    def _note_changed_settings(self, saved: dict | None) -> None:
+        """A resume whose config differs from the checkpoint's says which keys changed and keeps
+        the config as resumed beside the run's first one (config.yaml is never rewritten)."""
+        if not saved:
+            return
+        before, now = _flatten(saved), _flatten(self.cfg.to_dict())
+        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        if not changed:
+            return
+        shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        record = self.run_dir / f"config_resumed_step{self.global_step}.yaml"
+        self.log(f"note: resuming with {len(changed)} setting(s) changed since the checkpoint: "
+                 f"{shown}{more}; the config as resumed is in {record}")
+        if any(k.startswith("train.optimizer.") for k in changed):
+            self.log("note: train.optimizer changes do not apply on resume: the optimizer's learning rate "
+                     "and hyper-parameters come from the checkpoint; start a new run (model.backbone.weights "
+                     "can take the checkpoint) to train with others")
+        if self.group.is_main:
+            record.write_text(self.cfg.to_yaml())
 
     # -- the loop ----------------------------------------------------------------------------------
     def call(self, event: str, *args) -> None:

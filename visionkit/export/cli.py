@@ -13,6 +13,16 @@ mean/std inside the file. --verify runs the file (onnxruntime / torch.jit.load) 
 rtol {DEFAULT_RTOL:g}). Detection exports hold one image per run (batch 1)."""
 
 
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is below 0; a tolerance is 0 or more (e.g. 1e-4)")
+    return value
+
+
 def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint as ONNX or TorchScript (and verify it)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,8 +39,10 @@ def add_export_parser(sub) -> None:
                    help="the graph takes 0..1 images and applies mean/std itself (always so for detection)")
     p.add_argument("--verify", action="store_true", help="compare the exported model with PyTorch eager")
     p.add_argument("--samples", type=int, default=4, help="images --verify runs (default 4)")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+    p.add_argument("--atol", type=_tolerance, default=DEFAULT_ATOL,
+                   help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+    p.add_argument("--rtol", type=_tolerance, default=DEFAULT_RTOL,
+                   help=f"relative tolerance (default {DEFAULT_RTOL:g})")
 
 
 def cmd_export(args) -> int:

@@ -17,4 +17,4 @@ def build_backbone(cfg):
             frozen_stages=b.frozen_stages, norm=b.norm,
         )
     except BackboneBuildError as e:
-        raise ConfigError(f"{cfg.source}: model.backbone: {e}") from None
+        raise ConfigError(f"{cfg.where('model.backbone')}: model.backbone: {e}") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -124,6 +125,9 @@ def _resolve_target(obj: nn.Module) -> tuple[nn.Module, Backbone]:
 def _read_state_dict(spec: str) -> dict[str, torch.Tensor]:
     """The tensors of a local file or of torchvision weights, keys unchanged."""
     if os.path.exists(spec):
+        from visionkit.engine.checkpoint import check_torch_file
+
+        check_torch_file(Path(spec), "weights file")
         try:
             obj = torch.load(spec, map_location="cpu", weights_only=True)
         except Exception as e:  # corrupt, truncated, or pickles more than tensors

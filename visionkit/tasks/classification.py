@@ -80,7 +80,8 @@ class ClassificationTask(Task):
         classes = data_info["classes"]
         if head.num_classes is not None and head.num_classes != len(classes):
             raise ConfigError(
-                f"{cfg.source}: 'model.head.num_classes' is {head.num_classes} but the data set "
+                f"{cfg.where('model.head.num_classes')}: 'model.head.num_classes' is {head.num_classes} "
+                f"but the data set "
                 f"has {len(classes)} classes ({', '.join(classes[:10])}); set it to null"
             )
         backbone = build_backbone(cfg)

@@ -160,10 +160,12 @@ class DepthTask(Task):
     def from_config(cls, cfg, data_info: dict) -> "DepthTask":
         h, d = cfg.model.head, cfg.data.depth
         if not 0 < d.min_depth < d.max_depth:
-            raise ConfigError(f"{cfg.source}: data.depth.min_depth ({d.min_depth}) must be > 0 and below "
+            raise ConfigError(f"{cfg.where('data.depth')}: data.depth.min_depth ({d.min_depth}) must be > 0 "
+                              "and below "
                               f"data.depth.max_depth ({d.max_depth})")
         if d.scale[0] > d.scale[1]:
-            raise ConfigError(f"{cfg.source}: data.depth.scale must be [min, max] with min <= max")
+            raise ConfigError(f"{cfg.where('data.depth.scale')}: data.depth.scale must be [min, max] "
+                              "with min <= max")
         return cls(build_backbone(cfg), decoder=h.decoder, channels=h.channels, loss=h.loss,
                    silog_lambda=h.silog_lambda, silog_scale=h.silog_scale, berhu_threshold=h.berhu_threshold,
                    min_depth=d.min_depth, max_depth=d.max_depth, depth_scale=depth_scale(cfg),

@@ -141,18 +141,20 @@ class DetectionTask(Task):
         h = cfg.model.head
         classes = data_info["classes"]
         if h.num_classes is not None and h.num_classes != len(classes):
-            raise ConfigError(f"{cfg.source}: 'model.head.num_classes' is {h.num_classes} but the data set "
+            raise ConfigError(f"{cfg.where('model.head.num_classes')}: 'model.head.num_classes' is "
+                              f"{h.num_classes} but the data set "
                               f"has {len(classes)} classes ({', '.join(classes[:10])}); set it to null")
         kw = {f.name: h[f.name] for f in dataclasses.fields(RCNNSettings)}
         kw["min_size"] = h.min_size or cfg.data.image_size
         kw["max_size"] = h.max_size or math.ceil(kw["min_size"] * 1333 / 800)
         if kw["max_size"] < kw["min_size"]:
-            raise ConfigError(f"{cfg.source}: 'model.head.max_size' ({kw['max_size']}) is below "
+            raise ConfigError(f"{cfg.where('model.head.max_size')}: 'model.head.max_size' ({kw['max_size']}) "
+                              f"is below "
                               f"min_size ({kw['min_size']})")
         try:  # checked before the model is built: a missing package is a config error, not a late crash
             coco_backend = resolve_backend(cfg.data.coco_eval.backend)
         except ConfigError as e:
-            raise ConfigError(f"{cfg.source}: {e}") from None
+            raise ConfigError(f"{cfg.where('data.coco_eval.backend')}: {e}") from None
         backbone = build_backbone(cfg)
         try:
             return cls(backbone, classes, variant=h.name, settings=RCNNSettings(**kw), mean=cfg.data.mean,
@@ -160,13 +162,14 @@ class DetectionTask(Task):
                        mask_threshold=h.mask_threshold, vis_score=h.vis_score,
                        coco_backend=coco_backend)
         except BackboneBuildError as e:
-            raise ConfigError(f"{cfg.source}: {h.name} on {cfg.model.backbone.name}: {e}") from None
+            raise ConfigError(f"{cfg.where('model')}: {h.name} on {cfg.model.backbone.name}: {e}") from None
 
     @classmethod
     def sample_transform(cls, cfg, train: bool):
         lo, hi = cfg.model.head.scale_jitter
         if lo > hi:
-            raise ConfigError(f"{cfg.source}: 'model.head.scale_jitter' must be [min, max], got {[lo, hi]}")
+            raise ConfigError(f"{cfg.where('model.head.scale_jitter')}: 'model.head.scale_jitter' must be "
+                              f"[min, max], got {[lo, hi]}")
         return detection_transforms(train, hflip=cfg.data.augment.hflip, scale_range=(lo, hi))
 
     # -- batches -------------------------------------------------------------------------------

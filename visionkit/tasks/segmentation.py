@@ -157,15 +157,18 @@ class SegmentationTask(Task):
         h = cfg.model.head
         classes = list(data_info["classes"])
         n = len(classes)
-        where = cfg.source
+        where = cfg.where
         if h.num_classes is not None and h.num_classes != n:
-            raise ConfigError(f"{where}: 'model.head.num_classes' is {h.num_classes} but the data set has "
+            raise ConfigError(f"{where('model.head.num_classes')}: 'model.head.num_classes' is {h.num_classes} "
+                              f"but the data set has "
                               f"{n} classes ({', '.join(classes[:10])}); set it to null")
         if h.ignore_index < n:
-            raise ConfigError(f"{where}: 'model.head.ignore_index' {h.ignore_index} is a class id (0..{n - 1}); "
+            raise ConfigError(f"{where('model.head.ignore_index')}: 'model.head.ignore_index' {h.ignore_index} "
+                              f"is a class id (0..{n - 1}); "
                               "use a value above them, e.g. 255")
         if h.class_weights is not None and len(h.class_weights) != n:
-            raise ConfigError(f"{where}: 'model.head.class_weights' has {len(h.class_weights)} values for "
+            raise ConfigError(f"{where('model.head.class_weights')}: 'model.head.class_weights' has "
+                              f"{len(h.class_weights)} values for "
                               f"{n} classes; give one per class")
         backbone = build_backbone(cfg)
         try:
@@ -178,7 +181,8 @@ class SegmentationTask(Task):
                        palette=parse_palette(cfg.data.segmentation.palette, n),
                        mean=cfg.data.mean, std=cfg.data.std)
         except BackboneBuildError as e:
-            raise ConfigError(f"{where}: head '{h.name}' on backbone '{cfg.model.backbone.name}': {e}") from None
+            raise ConfigError(f"{where('model')}: head '{h.name}' on backbone "
+                              f"'{cfg.model.backbone.name}': {e}") from None
 
     @classmethod
     def sample_transform(cls, cfg, train: bool):
