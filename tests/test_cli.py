@@ -78,6 +78,7 @@ def test_data_synth_writes_the_layout(tmp_path):
     (["frobnicate"], 2, "invalid choice"),
     (["export", "c.yaml", "--checkpoint", "x.pt", "--format", "onnx", "--out", "m.onnx", "--atol", "-1"], 2,
      "--atol: -1 is below 0; a tolerance is 0 or more"),
+    (["data", "synth", "shapes", "--out", "x", "--num-images", "0"], 2, "--num-images: 0 is below 1"),  # was rc 1
 ])
 def test_usage_errors_exit_2(args, code, needle):
     r = run(*args)
@@ -96,10 +97,18 @@ def test_unknown_key_exits_2_with_suggestion_and_no_traceback(make_config):
     ("trian.epochs=3", "command line: unknown key 'trian'; did you mean 'train'?"),  # was blamed on the file
     ("epochs=3", "command line: unknown key 'epochs'; did you mean 'train.epochs'?"),
     ("data.channels=2", "command line: 'data.channels' is 2, not one of: 1, 3"),  # was an AttributeError
+    ("train.device=gpu", "command line: 'train.device' is 'gpu'; use auto, cpu, cuda or cuda:N"),  # was train only
 ])
 def test_override_mistakes_are_blamed_on_the_command_line(make_config, override, needle):
     r = run("config", "show", make_config(), override)
     assert r.returncode == 2 and needle in r.stderr, r.stderr
+
+
+def test_an_input_too_small_for_the_backbone_fails_before_the_run_directory(make_config, tmp_path):
+    r = run("train", make_config(), "model.backbone.name=resnet18", "data.image_size=16", "--run-dir", tmp_path / "r")
+    assert r.returncode == 2, r.stderr  # was exit 1 at the first step, with the run directory made
+    assert "command line: 'data.image_size' is 16, but resnet18 needs inputs of at least 32 pixels" in r.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_key_checked_against_the_data_names_where_it_was_set(make_config, tmp_path):
@@ -110,6 +119,16 @@ def test_a_key_checked_against_the_data_names_where_it_was_set(make_config, tmp_
     cfg.write_text(cfg.read_text().replace("model:\n", "model:\n  head:\n    num_classes: 10\n", 1))
     r = run("train", cfg, "--run-dir", tmp_path / "r")
     assert f"{cfg}: 'model.head.num_classes' is 10" in r.stderr, r.stderr
+
+
+def test_config_files_that_are_no_config_are_named(tmp_path):
+    binary, base_dir = tmp_path / "binary.yaml", tmp_path / "base.yaml"
+    binary.write_bytes(b"\xff\xfe\x00task")
+    base_dir.write_text("_base_: .\ntask: classification\n")
+    cases = {binary: "is not UTF-8 text", base_dir: f"{base_dir}: _base_ '.' is a folder"}
+    for path, needle in cases.items():
+        r = run("config", "show", path)
+        assert r.returncode == 2 and needle in r.stderr and "Error:" not in r.stderr, r.stderr
 
 
 def test_missing_data_root_names_the_path(make_config, tmp_path):
@@ -146,7 +165,7 @@ def test_unreadable_image_names_the_file(make_config, tmp_path):
     _write_folder(root, classes=("cat", "dog"), per_class=20)
     bad = root / "cat" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    cfg = make_config(**{"data.dataset": "image_folder", "data.root": str(root), "data.image_size": 16,
+    cfg = make_config(**{"data.dataset": "image_folder", "data.root": str(root), "data.image_size": 32,
                          "model.backbone.name": "resnet18_w32", "train.epochs": 1})
     r = run("train", cfg, "--run-dir", tmp_path / "r")
     assert r.returncode == 1

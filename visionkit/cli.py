@@ -19,6 +19,18 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionkit", description="Train, evaluate and use image models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -62,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth = dsub.add_parser("synth", help="generate a built-in synthetic data set")
     synth.add_argument("name", choices=("shapes",))
     synth.add_argument("--out", required=True)
-    synth.add_argument("--num-images", type=int, default=3000)
-    synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--num-images", type=_at_least(1), default=3000)
+    synth.add_argument("--size", type=_at_least(16), default=64)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--coco", action="store_true",
                        help="also write COCO instances json (annotations/instances_<split>.json)")

@@ -53,6 +53,8 @@ def _read_yaml(path: Path) -> dict:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text; a config is a YAML text file") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file '{path}': {e.strerror}") from None
     try:
@@ -112,6 +114,8 @@ def _load_tree(path: Path, origins: dict, stack: tuple[Path, ...] = ()) -> dict:
         base_path = path.parent / b
         if not base_path.exists():
             raise ConfigError(f"{path}: _base_ file '{b}' not found (looked at {base_path})")
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: _base_ '{b}' is a folder ({base_path}); name a YAML file in it")
         _merge(merged, _load_tree(base_path, origins, (*stack, key)), origins, str(base_path))
     _merge(merged, data, origins, str(path))
     return merged

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import torch
+
 from visionkit.errors import ConfigError
 from visionkit.registry import BACKBONES, DATASETS, TASKS, close_matches
 
@@ -263,6 +265,13 @@ def validate(raw: dict, origins: dict, default_file: str) -> dict:
 
 
 def _cross_checks(cfg: dict, origins: dict, default_file: str) -> None:
+    device = cfg["train"]["device"]
+    if device != "auto":  # a name torch cannot parse fails here; a device that is absent, at run time
+        try:
+            torch.device(device)
+        except RuntimeError:
+            where = origins.get("train.device", default_file)
+            raise ConfigError(f"{where}: 'train.device' is '{device}'; use auto, cpu, cuda or cuda:N") from None
     data = cfg["data"]
     for key in ("mean", "std"):
         if len(data[key]) != data["channels"]:

@@ -301,7 +301,7 @@ class Trainer:
 
         b = self.cfg.model.backbone
         report = load_backbone_weights(self.task, b.weights, skip=b.weights_skip)
-        self.log(f"loaded backbone weights {b.weights}: {report}")
+        self.log(f"loaded backbone {report.summary()}")
 
     def _build_optim(self) -> None:
         t = self.cfg.train

@@ -85,6 +85,12 @@ class ClassificationTask(Task):
                 f"has {len(classes)} classes ({', '.join(classes[:10])}); set it to null"
             )
         backbone = build_backbone(cfg)
+        if cfg.data.image_size < backbone.min_input_size:  # the network input is exactly this size
+            raise ConfigError(
+                f"{cfg.where('data.image_size')}: 'data.image_size' is {cfg.data.image_size}, but "
+                f"{cfg.model.backbone.name} needs inputs of at least {backbone.min_input_size} pixels; "
+                "raise data.image_size"
+            )
         return cls(backbone, classes, classifier=head.classifier, dropout=head.dropout,
                    label_smoothing=head.label_smoothing, multi_label=head.multi_label,
                    mean=cfg.data.mean, std=cfg.data.std)
