@@ -198,6 +198,7 @@ def test_predict_names_a_file_that_is_no_image_and_a_folder_without_images(make_
     empty = tmp_path / "emptydir"
     (empty / "sub").mkdir(parents=True)
     (empty / "notes.txt").write_text("no images here")
+    (empty / "sub" / "._photo.png").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork: not an image
     r = run("predict", cfg, "--checkpoint", ckpt, empty)
     assert r.returncode == 1
     assert r.stderr.strip() == (f"error: no input images found: folder '{empty}' holds no "

@@ -11,7 +11,7 @@ from torchvision.io import ImageReadMode
 from torchvision.utils import save_image
 
 from visionkit.config import Config, load_config
-from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image
+from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, is_image, read_image
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.trainer import Trainer, resolve_device
 from visionkit.errors import CheckpointError, DataError
@@ -55,13 +55,14 @@ def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Seq
 
 
 def list_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and the images inside given directories (recursively, sorted)."""
+    """Files as given, and the images inside given directories (recursively, sorted; hidden files
+    such as macOS' ``._x.png`` left out, as the training reader does)."""
     files: list[Path] = []
     empty: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image(f.name))
             files += found
             if not found:
                 empty.append(p)

@@ -62,7 +62,8 @@ def _visible_dirs(path: str) -> list[str]:
         return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
 
 
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
+    """A file name the readers take: an image suffix, and not hidden (macOS' ``._x.png`` forks)."""
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
@@ -88,7 +89,7 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     _check_root(root)
     classes = _visible_dirs(root)
     if not classes:
-        loose = [n for n in os.listdir(root) if _is_image(n)]
+        loose = [n for n in os.listdir(root) if is_image(n)]
         hint = " (the images lie directly in it; move them into one folder per class)" if loose else ""
         raise DataError(
             f"data root '{root}' has no class folders{hint}; expected '{root}/<class>/<image>.png'"
@@ -101,7 +102,7 @@ def _images_in(folder: str) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image(f))
     return found
 
 
