@@ -51,10 +51,13 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line for the log."""
-        return (
-            f"weights {self.source}: loaded {len(self.loaded)} tensors, {len(self.missing)} missing"
-            f" (kept at init), {len(self.skipped)} skipped"
-        )
+        line = (f"weights {self.source}: loaded {len(self.loaded)} tensors, {len(self.missing)} missing"
+                f" (kept at init), {len(self.skipped)} skipped")
+        for what, keys in (("missing", self.missing), ("skipped", self.skipped)):
+            if keys:  # named, so a prefix the file lacks by mistake shows
+                more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+                line += f"; {what}: {', '.join(keys[:6])}{more}"
+        return line
 
 
 def map_torchvision_keys(state_dict: Mapping[str, torch.Tensor], backbone: Backbone) -> dict:
