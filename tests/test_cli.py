@@ -111,6 +111,37 @@ def test_an_input_too_small_for_the_backbone_fails_before_the_run_directory(make
     assert not (tmp_path / "r").exists()
 
 
+def test_a_monitor_the_task_does_not_report_fails_before_training(make_config, tmp_path):
+    cfg = make_config(**{"train.epochs": 1})
+    r = run("train", cfg, "train.monitor=acc", "--run-dir", tmp_path / "bad")
+    assert r.returncode == 2, r.stderr  # was: one whole epoch trained, then this error
+    assert ("command line: 'train.monitor' is 'acc', which is not a validation metric of task classification; "
+            "choose one of accuracy, bad_samples, mean_class_accuracy, top5; did you mean 'accuracy'?") in r.stderr
+    assert not (tmp_path / "bad").exists()
+    r = run("train", cfg, "train.monitor=mean_class_accuracy", "--run-dir", tmp_path / "ok")
+    assert r.returncode == 0, r.stderr
+    best = json.loads((tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "mean_class_accuracy" in best
+
+
+def test_every_task_evaluator_names_what_it_computes():
+    """The up-front monitor check trusts metric_names(): it must cover compute()'s keys."""
+    import torch
+
+    from visionkit.evaluation.accuracy import AccuracyEvaluator, MultiLabelEvaluator
+    from visionkit.evaluation.miou import MIoUEvaluator
+
+    acc = AccuracyEvaluator(["a", "b", "c", "d", "e"])
+    acc.process({"labels": torch.tensor([0, 1, 2])}, {"logits": torch.eye(5)[:3]})
+    assert set(acc.compute()) == acc.metric_names()
+    seg = MIoUEvaluator(["bg", "fg"], 255)
+    seg.process({"semantic": torch.tensor([[[0, 1]]])}, {"labels": torch.tensor([[[0, 1]]])})
+    assert set(seg.compute()) == seg.metric_names()
+    multi = MultiLabelEvaluator(["a", "b"])
+    multi.process({"labels": torch.tensor([[1.0, 0.0]])}, {"scores": torch.tensor([[0.9, 0.2]])})
+    assert set(multi.compute()) == multi.metric_names()
+
+
 def test_a_key_checked_against_the_data_names_where_it_was_set(make_config, tmp_path):
     cfg = make_config()
     r = run("train", cfg, "model.head.num_classes=10", "--run-dir", tmp_path / "r")

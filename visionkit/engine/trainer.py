@@ -27,7 +27,7 @@ from visionkit.engine.hooks import CheckpointHook, Hook, LoggerHook, MetricsWrit
 from visionkit.engine.runlog import BadSampleLog, truncate_metrics
 from visionkit.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from visionkit.errors import CheckpointError, ConfigError, DataError, VisionKitError
-from visionkit.registry import TASKS
+from visionkit.registry import TASKS, close_matches
 
 
 # what torch's DataLoader raises when a worker dies (killed for memory, segfault) or hangs
@@ -210,6 +210,8 @@ class Trainer:
         source = build_source(cfg)
         self.classes = source.classes
         self.task = self.task_cls.from_config(cfg, {**source.info, "classes": self.classes}).to(self.device)
+        if checkpoint is None:
+            self._check_monitor()
         # channels_last lets cuDNN run convolutions on tensor cores without transposes; on CPU
         # oneDNN gains little or nothing for our models, so auto keeps the default layout there
         cl = cfg.train.channels_last
@@ -286,6 +288,20 @@ class Trainer:
             ckpt = Path(checkpoint)
             return None, Path(run_dir) if run_dir else ckpt.parent.parent
         return None, Path(run_dir) if run_dir else None
+
+    def _check_monitor(self) -> None:
+        """A ``train.monitor`` the task's evaluator cannot give fails now, not after an epoch."""
+        name = self.cfg.train.monitor
+        known = self.task.evaluator().metric_names() if name != "auto" else None
+        if known is None:
+            return
+        known = sorted(known | {"bad_samples"})  # the trainer adds the unreadable-sample count
+        if name not in known:
+            close = close_matches(name, known)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{self.cfg.where('train.monitor')}: 'train.monitor' is '{name}', which is not "
+                              f"a validation metric of task {self.cfg.task}; choose one of "
+                              f"{', '.join(known)}{hint}")
 
     def _monitor(self) -> tuple[str, str]:
         name, mode = self.cfg.train.monitor, self.cfg.train.monitor_mode

@@ -51,6 +51,9 @@ class AccuracyEvaluator(Evaluator):
             out["mean_class_accuracy"] = (cm.diag()[present] / support[present]).mean().item()
         return out
 
+    def metric_names(self) -> set[str]:
+        return {"accuracy", "mean_class_accuracy"} | ({"top5"} if len(self.classes) >= 5 else set())
+
     def details(self) -> dict:
         cm = self.confusion
         per_class = {
@@ -115,6 +118,9 @@ class MultiLabelEvaluator(Evaluator):
             "exact_match": (pred == t).all(1).double().mean().item(),
             "mAP": sum(aps) / len(aps) if aps else 0.0,
         }
+
+    def metric_names(self) -> set[str]:
+        return {"accuracy", "exact_match", "mAP"}
 
     def details(self) -> dict:
         return {"per_class_AP": dict(zip(self.classes, self._ap())) if self.scores else {}}

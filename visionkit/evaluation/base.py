@@ -24,6 +24,11 @@ class Evaluator:
     def details(self) -> dict[str, Any]:
         return {}
 
+    def metric_names(self) -> set[str] | None:
+        """Every key :meth:`compute` can return, known before any data (so a ``train.monitor``
+        typo fails when the run starts, not after its first epoch); None: not known."""
+        return None
+
     def merge(self, shards: list[Evaluator]) -> None:
         """Make this evaluator hold what ``shards`` processed together, so ``compute`` and
         ``details`` equal one process's over the whole split (sharded evaluation under torchrun).

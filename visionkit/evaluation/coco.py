@@ -53,6 +53,9 @@ class CocoEvaluator(Evaluator):
         self.backend = coco_backend.resolve(backend)
         self.reset()
 
+    def metric_names(self) -> set[str]:
+        return {f"{t}_{s}" for t in self.iou_types for s in _STATS}
+
     def reset(self) -> None:
         self.images: list[dict] = []
         self.gt: list[dict] = []

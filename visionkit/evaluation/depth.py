@@ -167,6 +167,9 @@ class DepthEvaluator(Evaluator):
         out["skipped_images"] = float(self.skipped)
         return out
 
+    def metric_names(self) -> set[str]:
+        return {*METRICS, "skipped_images"}
+
     def details(self) -> dict:
         d = {"images": len(self.per_image), "skipped_images": self.skipped, "average": self.average,
              "crop": self.crop or "none", "range": [self.min_depth, self.max_depth],

@@ -86,6 +86,9 @@ class MIoUEvaluator(Evaluator):
         out.update({f"IoU/{c}": v for c, v in zip(self.classes, per_class) if v is not None})
         return out
 
+    def metric_names(self) -> set[str]:
+        return {"mIoU", "pixel_acc", "mean_acc", "fw_iou"} | {f"IoU/{c}" for c in self.classes}
+
     def details(self) -> dict:
         _, per_class = scores_from_confusion(self.confusion)
         cm = self.confusion
