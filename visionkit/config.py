@@ -211,6 +211,14 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     return Config(resolved, source=str(path), origins=origins)
 
 
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+    """A nested mapping as ``{"dotted.key": leaf}`` (a config's values, or a schema's Fields)."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
 def suggestion(key: str, valid: Iterable[str]) -> str:
     close = close_matches(key, list(valid))
     return f"; did you mean '{close[0]}'?" if close else ""

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from visionkit.config import flatten
 from visionkit.errors import ConfigError
 from visionkit.registry import BACKBONES, DATASETS, TASKS, close_matches
 
@@ -91,13 +92,6 @@ def _check_field(f: Field, v: Any, key: str, where: str) -> Any:
     return v
 
 
-def _leaf_paths(schema: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, spec in schema.items():
-        out += _leaf_paths(spec, f"{prefix}{k}.") if isinstance(spec, dict) else [f"{prefix}{k}"]
-    return out
-
-
 def _walk(schema: dict, data: Any, path: str, origins: dict, default_file: str) -> dict:
     where = origins.get(path, default_file) if path else default_file
     if not isinstance(data, dict):
@@ -107,7 +101,7 @@ def _walk(schema: dict, data: Any, path: str, origins: dict, default_file: str) 
             key = f"{path}.{k}" if path else str(k)
             close = close_matches(str(k), [s for s in schema])
             # 'epochs' at the top -> 'train.epochs'
-            deeper = [p for p in _leaf_paths(schema) if p.rsplit(".", 1)[-1] == k]
+            deeper = [p for p in flatten(schema) if p.rsplit(".", 1)[-1] == k]
             if close:
                 hint = f"; did you mean '{close[0]}'?"
             elif deeper:
@@ -264,14 +258,19 @@ def validate(raw: dict, origins: dict, default_file: str) -> dict:
     return cfg
 
 
+def check_device_name(name: str, where: str | None = None) -> None:
+    """``train.device`` is a name torch can parse (a device that is absent fails at run time)."""
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except RuntimeError:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}'train.device' is '{name}'; use auto, cpu, cuda or cuda:N") from None
+
+
 def _cross_checks(cfg: dict, origins: dict, default_file: str) -> None:
-    device = cfg["train"]["device"]
-    if device != "auto":  # a name torch cannot parse fails here; a device that is absent, at run time
-        try:
-            torch.device(device)
-        except RuntimeError:
-            where = origins.get("train.device", default_file)
-            raise ConfigError(f"{where}: 'train.device' is '{device}'; use auto, cpu, cuda or cuda:N") from None
+    check_device_name(cfg["train"]["device"], origins.get("train.device", default_file))
     data = cfg["data"]
     for key in ("mean", "std"):
         if len(data[key]) != data["channels"]:

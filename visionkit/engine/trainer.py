@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visionkit.config import flatten, suggestion
 from visionkit.data.build import SPLITS, build_datasets, build_loader, build_source
 from visionkit.engine import distributed, faults
 from visionkit.engine.checkpoint import CheckpointManager, load_checkpoint
@@ -27,7 +28,8 @@ from visionkit.engine.hooks import CheckpointHook, Hook, LoggerHook, MetricsWrit
 from visionkit.engine.runlog import BadSampleLog, truncate_metrics
 from visionkit.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from visionkit.errors import CheckpointError, ConfigError, DataError, VisionKitError
-from visionkit.registry import TASKS, close_matches
+from visionkit.registry import TASKS
+from visionkit.schema import check_device_name
 
 
 # what torch's DataLoader raises when a worker dies (killed for memory, segfault) or hangs
@@ -54,10 +56,8 @@ def _nonfinite_stop(where: str, terms: str) -> NonFiniteLossError:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"'train.device' is '{name}'; use auto, cpu, cuda or cuda:N") from None
+    check_device_name(name)  # load_config has checked it; a Config built by hand has not
+    dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"'train.device' is '{name}' but no CUDA device is available; use auto or cpu")
     return dev
@@ -82,13 +82,6 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
     if native_bf16(device):
         return "bf16", "amp bf16 (auto: native bf16 on this device)"
     return "none", "amp none (auto: no native bf16 on this device, so fp32)"
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -297,11 +290,9 @@ class Trainer:
             return
         known = sorted(known | {"bad_samples"})  # the trainer adds the unreadable-sample count
         if name not in known:
-            close = close_matches(name, known)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{self.cfg.where('train.monitor')}: 'train.monitor' is '{name}', which is not "
                               f"a validation metric of task {self.cfg.task}; choose one of "
-                              f"{', '.join(known)}{hint}")
+                              f"{', '.join(known)}{suggestion(name, known)}")
 
     def _monitor(self) -> tuple[str, str]:
         name, mode = self.cfg.train.monitor, self.cfg.train.monitor_mode
@@ -439,7 +430,7 @@ class Trainer:
         the config as resumed beside the run's first one (config.yaml is never rewritten)."""
         if not saved:
             return
-        before, now = _flatten(saved), _flatten(self.cfg.to_dict())
+        before, now = flatten(saved), flatten(self.cfg.to_dict())
         changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         if not changed:
             return
