@@ -102,3 +102,43 @@ def test_weights_for_another_architecture_are_refused_listing_the_keys(tiny_cfg,
                       "model.backbone.weights_skip": ["fc", "layer9"]})
     Trainer(cfg, tmp_path / "r1", log=logs.append)
     assert any("backbone.layer4.1.bn2.bias" in m for m in logs), logs  # the missing key is named
+
+
+def _task_checkpoint(tiny_cfg, tmp_path, task: str, backbone: str, head: dict, classes: list[str]):
+    """A checkpoint of ``task`` on ``backbone`` with seeded random weights, as the trainer writes it."""
+    from visionkit.engine.checkpoint import FORMAT
+    from visionkit.registry import TASKS
+
+    cfg = tiny_cfg(**{"task": task, "model.backbone.name": backbone, "model.head": head})
+    torch.manual_seed(1)
+    model = TASKS.get(task).from_config(cfg, {"classes": classes})
+    path = tmp_path / f"{task}_{backbone}.pt"
+    torch.save({"format": FORMAT, "model": model.state_dict(),
+                "meta": {"task": task, "backbone": backbone, **model.metadata()}}, path)
+    return path, model.state_dict()
+
+
+@pytest.mark.parametrize("task,head", [
+    ("segmentation", {"name": "semantic_fpn", "channels": 8, "fpn_channels": 8}),
+    ("detection", {"name": "mask_rcnn", "fpn_channels": 16, "box_representation": 32, "mask_channels": 16}),
+])
+def test_another_tasks_checkpoint_gives_its_backbone(tiny_cfg, tmp_path, task, head):
+    """A segmentation or detection best.pt as model.backbone.weights of a classifier: the backbone
+    loads, the other task's heads are skipped and said to be (they were refused as having no
+    place, and a detection checkpoint's `model.*` keys made even its backbone keys misread)."""
+    path, state = _task_checkpoint(tiny_cfg, tmp_path, task, "resnet18_w32", head, ["a", "b", "c"])
+    logs = []
+    cfg = tiny_cfg(**{"model.backbone.name": "resnet18_w32", "model.backbone.weights": str(path)})
+    trainer = Trainer(cfg, tmp_path / "r", log=logs.append)
+    line = next(m for m in logs if "loaded backbone weights" in m)
+    assert f"(a {task} checkpoint: its backbone only)" in line and "missing: head.fc.weight" in line, line
+    loaded = trainer.task.state_dict()["backbone.layer4.1.conv2.weight"]
+    assert torch.equal(loaded, state["backbone.layer4.1.conv2.weight"])
+
+
+def test_a_checkpoint_on_another_backbone_is_refused_naming_it(tiny_cfg, tmp_path):
+    path, _ = _task_checkpoint(tiny_cfg, tmp_path, "classification", "resnet18_w32", {}, ["a", "b"])
+    cfg = tiny_cfg(**{"model.backbone.name": "resnet18", "model.backbone.weights": str(path)})
+    with pytest.raises(CheckpointError) as e:
+        Trainer(cfg, tmp_path / "r", log=lambda *a: None)
+    assert "this checkpoint is a classification model on backbone 'resnet18_w32'" in str(e.value), e.value

@@ -48,10 +48,13 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
     #: file keys left out on purpose: ``skip`` prefixes, and a classifier/head the target lacks
     skipped: list[str] = field(default_factory=list)
+    #: the task of a visionkit checkpoint made for another task (only its backbone is loaded)
+    from_task: str | None = None
 
     def summary(self) -> str:
         """One line for the log."""
-        line = (f"weights {self.source}: loaded {len(self.loaded)} tensors, {len(self.missing)} missing"
+        whose = f" (a {self.from_task} checkpoint: its backbone only)" if self.from_task else ""
+        line = (f"weights {self.source}{whose}: loaded {len(self.loaded)} tensors, {len(self.missing)} missing"
                 f" (kept at init), {len(self.skipped)} skipped")
         for what, keys in (("missing", self.missing), ("skipped", self.skipped)):
             if keys:  # named, so a prefix the file lacks by mistake shows
@@ -73,23 +76,29 @@ def map_torchvision_keys(state_dict: Mapping[str, torch.Tensor], backbone: Backb
     }
 
 
-def load_backbone_weights(backbone_or_model: nn.Module, spec: str, *, skip: Iterable[str] = ()) -> LoadReport:
+def load_backbone_weights(backbone_or_model: nn.Module, spec: str, *, skip: Iterable[str] = (),
+                          task: str | None = None) -> LoadReport:
     """Load ``spec`` into a :class:`Backbone`, or into a model whose ``.backbone`` is one.
 
     ``skip`` lists key prefixes (dotted components, in the file's or the target's naming, e.g.
     ``fc`` or ``head.fc``) to leave out, typically a classifier trained for other classes.
-    Raises :class:`CheckpointError` for an unreadable file or unknown weights name, and for any
-    shape mismatch or key without a place in the target that ``skip`` does not cover.
+    ``task`` names the target's task: a visionkit checkpoint trained for another task gives its
+    backbone only (its heads are skipped and reported). Raises :class:`CheckpointError` for an
+    unreadable file or unknown weights name, and for any shape mismatch or key without a place in
+    the target that ``skip`` does not cover.
     """
     target, backbone = _resolve_target(backbone_or_model)
-    state = _read_state_dict(spec)
+    state, meta = _read_state_dict(spec)
+    own_layout = bool(meta) or _is_own_layout(state)  # a trainer checkpoint is ours whatever its keys
     remap = getattr(backbone, "remap_torchvision_keys", None)  # a family's legacy key names
-    if remap is not None and not _is_own_layout(state):
+    if remap is not None and not own_layout:
         state = remap(state)
-    pairs = _to_target_names(state, target, backbone)  # file key -> target key (None: not ours)
+    from_task = meta.get("task") if task is not None and meta.get("task") not in (None, task) else None
+    # file key -> target key (None: not for this target)
+    pairs = _to_target_names(state, target, backbone, own_layout, backbone_only=from_task is not None)
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
     own = target.state_dict()
-    report = LoadReport(source=spec)
+    report = LoadReport(source=spec, from_task=from_task)
     to_load: dict[str, torch.Tensor] = {}
     for key, name in pairs.items():
         tensor = state[key]
@@ -106,7 +115,7 @@ def load_backbone_weights(backbone_or_model: nn.Module, spec: str, *, skip: Iter
         else:
             report.unexpected.append(key)
     if report.mismatched or report.unexpected:
-        raise CheckpointError(_refusal(report, target, backbone))
+        raise CheckpointError(_refusal(report, target, backbone, meta))
     target.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     report.missing = [k for k in own if k not in to_load]
@@ -125,8 +134,9 @@ def _resolve_target(obj: nn.Module) -> tuple[nn.Module, Backbone]:
     )
 
 
-def _read_state_dict(spec: str) -> dict[str, torch.Tensor]:
-    """The tensors of a local file or of torchvision weights, keys unchanged."""
+def _read_state_dict(spec: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of a local file or of torchvision weights, keys unchanged, and the ``meta`` of
+    a visionkit checkpoint (its task and backbone; empty for other files)."""
     if os.path.exists(spec):
         from visionkit.engine.checkpoint import check_torch_file
 
@@ -135,7 +145,10 @@ def _read_state_dict(spec: str) -> dict[str, torch.Tensor]:
             obj = torch.load(spec, map_location="cpu", weights_only=True)
         except Exception as e:  # corrupt, truncated, or pickles more than tensors
             raise CheckpointError(f"cannot read weights file {spec}: {_first_line(e)}") from e
+        meta = {}
         if isinstance(obj, dict):
+            if isinstance(obj.get("meta"), dict) and isinstance(obj.get("model"), dict):
+                meta = obj["meta"]  # written by our trainer
             for key in ("state_dict", "model"):
                 if isinstance(obj.get(key), dict):
                     obj = obj[key]
@@ -144,9 +157,9 @@ def _read_state_dict(spec: str) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{spec} is not a state dict (nor a dict with 'state_dict' or 'model' holding one)"
             )
-        return _strip_module_prefix(obj)
+        return _strip_module_prefix(obj), meta
     if "_Weights." in spec:
-        return _torchvision_state_dict(spec)
+        return _torchvision_state_dict(spec), {}
     raise CheckpointError(
         f"weights '{spec}' is neither an existing file nor a torchvision weights name"
         " like 'ResNet50_Weights.IMAGENET1K_V1'"
@@ -189,19 +202,19 @@ def _is_own_layout(state: Mapping[str, torch.Tensor]) -> bool:
     return bool(state) and all(k.split(".", 1)[0] in _OWN_PREFIXES for k in state)
 
 
-def _to_target_names(state, target: nn.Module, backbone: Backbone) -> dict[str, str | None]:
-    """File key -> the name it has in ``target`` (None for a head the target does not have)."""
+def _to_target_names(state, target: nn.Module, backbone: Backbone, own_layout: bool,
+                     backbone_only: bool = False) -> dict[str, str | None]:
+    """File key -> the name it has in ``target`` (None for a part the target does not take: a
+    head it does not have, or with ``backbone_only`` every non-backbone part of our layout)."""
     keys = list(state)
     if target is backbone:
-        if _is_own_layout(state):  # only our backbone part is for it
+        if own_layout:  # only our backbone part is for it
             return {k: (k[len("backbone.") :] if k.startswith("backbone.") else None) for k in keys}
         prefixes = tuple(backbone.classifier_prefixes)
         return {k: (None if k.split(".", 1)[0] in prefixes else k) for k in keys}
-    names = (
-        dict(zip(keys, keys))
-        if _is_own_layout(state)
-        else dict(zip(keys, map_torchvision_keys(state, backbone)))
-    )
+    if own_layout and backbone_only:
+        return {k: (k if k.startswith("backbone.") else None) for k in keys}
+    names = dict(zip(keys, keys)) if own_layout else dict(zip(keys, map_torchvision_keys(state, backbone)))
     has_head = any(n.startswith("head.") for n in target.state_dict())
     return {k: (None if n.startswith("head.") and not has_head else n) for k, n in names.items()}
 
@@ -211,7 +224,7 @@ def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p.rstrip(".") + ".") for p in prefixes)
 
 
-def _refusal(report: LoadReport, target: nn.Module, backbone: Backbone) -> str:
+def _refusal(report: LoadReport, target: nn.Module, backbone: Backbone, meta: dict) -> str:
     parts = []
     if report.mismatched:
         shown = "; ".join(report.mismatched[:_SHOWN])
@@ -233,6 +246,8 @@ def _refusal(report: LoadReport, target: nn.Module, backbone: Backbone) -> str:
             f"prefixes in model.backbone.weights_skip (e.g. ['{first}']); otherwise pick the "
             "backbone these weights were trained for"
         )
+    if meta.get("backbone"):
+        fix += f" (this checkpoint is a {meta.get('task')} model on backbone '{meta['backbone']}')"
     return (
         f"weights {report.source} do not fit {type(backbone).__name__} ({type(target).__name__}): "
         + "; ".join(parts)
