@@ -130,6 +130,14 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_a_config_with_no_settings_is_refused_unless_overrides_give_some(tmp_path):
+    """A file saved empty by mistake would otherwise train a classifier with every default."""
+    path = write(tmp_path / "c.yaml", "# to fill in\n")
+    with pytest.raises(ConfigError, match=r"c.yaml' holds no settings .*configs/quickstart.yaml"):
+        load_config(path)
+    assert load_config(path, ["train.epochs=3"]).train.epochs == 3
+
+
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="key.path=value"):
         parse_override("train.epochs")

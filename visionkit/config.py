@@ -203,10 +203,13 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Load ``path`` with its ``_base_`` chain, apply ``key=value`` overrides, validate, fill defaults."""
     from visionkit.schema import validate  # the schema imports the registries (and so the models)
 
-    path = Path(path)
+    path, overrides = Path(path), list(overrides)
     origins: dict[str, str] = {}
     raw = _load_tree(path, origins)
-    apply_overrides(raw, list(overrides), origins)
+    if not raw and not overrides:  # a file saved empty by mistake would train every default
+        raise ConfigError(f"config file '{path}' holds no settings (empty, or comments only); start from "
+                          "configs/quickstart.yaml or a file under configs/")
+    apply_overrides(raw, overrides, origins)
     resolved = validate(raw, origins, default_file=str(path))
     return Config(resolved, source=str(path), origins=origins)
 
