@@ -207,8 +207,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     origins: dict[str, str] = {}
     raw = _load_tree(path, origins)
     if not raw and not overrides:  # a file saved empty by mistake would train every default
-        raise ConfigError(f"config file '{path}' holds no settings (empty, or comments only); start from "
-                          "configs/quickstart.yaml or a file under configs/")
+        raise ConfigError(f"config file '{path}' holds no settings (empty, comments only, or empty _base_ "
+                          "files); start from configs/quickstart.yaml or a file under configs/, or give a "
+                          "key=value override (e.g. task=classification) to take every default")
     apply_overrides(raw, overrides, origins)
     resolved = validate(raw, origins, default_file=str(path))
     return Config(resolved, source=str(path), origins=origins)

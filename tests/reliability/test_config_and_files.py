@@ -141,4 +141,34 @@ def test_a_checkpoint_on_another_backbone_is_refused_naming_it(tiny_cfg, tmp_pat
     cfg = tiny_cfg(**{"model.backbone.name": "resnet18", "model.backbone.weights": str(path)})
     with pytest.raises(CheckpointError) as e:
         Trainer(cfg, tmp_path / "r", log=lambda *a: None)
-    assert "this checkpoint is a classification model on backbone 'resnet18_w32'" in str(e.value), e.value
+    assert "(this checkpoint was trained on backbone 'resnet18_w32')" in str(e.value), e.value
+
+
+def test_a_classifier_checkpoint_starts_a_segmenter_but_another_class_count_is_refused(tiny_cfg, tmp_path):
+    """Another task's checkpoint gives its backbone to a model with heads of its own; one of the
+    same task whose head does not fit is still refused (no silent skip), without blaming the backbone."""
+    path, state = _task_checkpoint(tiny_cfg, tmp_path, "classification", "resnet18_w32", {}, ["a", "b"])
+    logs = []
+    cfg = tiny_cfg(**{"task": "segmentation", "model.backbone.name": "resnet18_w32",
+                      "model.backbone.weights": str(path),
+                      "model.head": {"name": "semantic_fpn", "channels": 8, "fpn_channels": 8}})
+    trainer = Trainer(cfg, tmp_path / "seg", log=logs.append)
+    line = next(m for m in logs if "loaded backbone weights" in m)
+    assert "(a classification checkpoint: its backbone only)" in line, line
+    assert "skipped: head.fc.weight" in line, line
+    assert torch.equal(trainer.task.state_dict()["backbone.conv1.weight"], state["backbone.conv1.weight"])
+
+    # the shapes classifier has 6 classes, the checkpoint's head 2
+    cfg = tiny_cfg(**{"model.backbone.name": "resnet18_w32", "model.backbone.weights": str(path)})
+    with pytest.raises(CheckpointError) as e:
+        Trainer(cfg, tmp_path / "cls", log=lambda *a: None)
+    assert "head.fc.weight: (2, " in str(e.value) and "trained on backbone" not in str(e.value), e.value
+
+
+def test_a_config_file_with_no_settings_exits_2_before_any_directory(tmp_path, capsys):
+    cfg = tmp_path / "new.yaml"
+    cfg.write_text("# fill in later\n")
+    assert main(["train", str(cfg), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"'{cfg}' holds no settings" in err and "task=classification" in err, err
+    assert not (tmp_path / "run").exists()

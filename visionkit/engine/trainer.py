@@ -307,7 +307,8 @@ class Trainer:
         from visionkit.models.weights import load_backbone_weights
 
         b = self.cfg.model.backbone
-        report = load_backbone_weights(self.task, b.weights, skip=b.weights_skip, task=self.cfg.task)
+        report = load_backbone_weights(self.task, b.weights, skip=b.weights_skip, task=self.cfg.task,
+                                       backbone_name=b.name)
         self.log(f"loaded backbone {report.summary()}")
 
     def _build_optim(self) -> None:

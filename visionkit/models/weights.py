@@ -50,10 +50,18 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
     #: the task of a visionkit checkpoint made for another task (only its backbone is loaded)
     from_task: str | None = None
+    #: the backbone a visionkit checkpoint was trained on, when it is not the target's
+    from_backbone: str | None = None
+    #: the task a visionkit checkpoint was trained for (None for other files)
+    trained_for: str | None = None
 
     def summary(self) -> str:
         """One line for the log."""
-        whose = f" (a {self.from_task} checkpoint: its backbone only)" if self.from_task else ""
+        whose = ""
+        if self.from_task or self.from_backbone:
+            on = f" on {self.from_backbone}" if self.from_backbone else ""
+            whose = f" (a {self.trained_for or 'visionkit'} checkpoint{on}"
+            whose += ": its backbone only)" if self.from_task else ")"
         line = (f"weights {self.source}{whose}: loaded {len(self.loaded)} tensors, {len(self.missing)} missing"
                 f" (kept at init), {len(self.skipped)} skipped")
         for what, keys in (("missing", self.missing), ("skipped", self.skipped)):
@@ -77,15 +85,16 @@ def map_torchvision_keys(state_dict: Mapping[str, torch.Tensor], backbone: Backb
 
 
 def load_backbone_weights(backbone_or_model: nn.Module, spec: str, *, skip: Iterable[str] = (),
-                          task: str | None = None) -> LoadReport:
+                          task: str | None = None, backbone_name: str | None = None) -> LoadReport:
     """Load ``spec`` into a :class:`Backbone`, or into a model whose ``.backbone`` is one.
 
     ``skip`` lists key prefixes (dotted components, in the file's or the target's naming, e.g.
     ``fc`` or ``head.fc``) to leave out, typically a classifier trained for other classes.
     ``task`` names the target's task: a visionkit checkpoint trained for another task gives its
-    backbone only (its heads are skipped and reported). Raises :class:`CheckpointError` for an
-    unreadable file or unknown weights name, and for any shape mismatch or key without a place in
-    the target that ``skip`` does not cover.
+    backbone only (its heads are skipped and reported); ``backbone_name`` (the target's registered
+    name) lets the log and a refusal say when the checkpoint was trained on another backbone.
+    Raises :class:`CheckpointError` for an unreadable file or unknown weights name, and for any
+    shape mismatch or key without a place in the target that ``skip`` does not cover.
     """
     target, backbone = _resolve_target(backbone_or_model)
     state, meta = _read_state_dict(spec)
@@ -98,7 +107,11 @@ def load_backbone_weights(backbone_or_model: nn.Module, spec: str, *, skip: Iter
     pairs = _to_target_names(state, target, backbone, own_layout, backbone_only=from_task is not None)
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
     own = target.state_dict()
-    report = LoadReport(source=spec, from_task=from_task)
+    trained_on = meta.get("backbone")
+    other = backbone_name is not None and trained_on not in (None, backbone_name)
+    from_backbone = trained_on if other else None
+    report = LoadReport(source=spec, from_task=from_task, from_backbone=from_backbone,
+                        trained_for=meta.get("task"))
     to_load: dict[str, torch.Tensor] = {}
     for key, name in pairs.items():
         tensor = state[key]
@@ -115,7 +128,7 @@ def load_backbone_weights(backbone_or_model: nn.Module, spec: str, *, skip: Iter
         else:
             report.unexpected.append(key)
     if report.mismatched or report.unexpected:
-        raise CheckpointError(_refusal(report, target, backbone, meta))
+        raise CheckpointError(_refusal(report, target, backbone))
     target.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     report.missing = [k for k in own if k not in to_load]
@@ -138,7 +151,7 @@ def _read_state_dict(spec: str) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors of a local file or of torchvision weights, keys unchanged, and the ``meta`` of
     a visionkit checkpoint (its task and backbone; empty for other files)."""
     if os.path.exists(spec):
-        from visionkit.engine.checkpoint import check_torch_file
+        from visionkit.engine.checkpoint import FORMAT, check_torch_file
 
         check_torch_file(Path(spec), "weights file")
         try:
@@ -147,8 +160,8 @@ def _read_state_dict(spec: str) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"cannot read weights file {spec}: {_first_line(e)}") from e
         meta = {}
         if isinstance(obj, dict):
-            if isinstance(obj.get("meta"), dict) and isinstance(obj.get("model"), dict):
-                meta = obj["meta"]  # written by our trainer
+            ours = obj.get("format") == FORMAT and isinstance(obj.get("model"), dict)  # our trainer's
+            meta = obj["meta"] if ours and isinstance(obj.get("meta"), dict) else {}
             for key in ("state_dict", "model"):
                 if isinstance(obj.get(key), dict):
                     obj = obj[key]
@@ -224,7 +237,7 @@ def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p.rstrip(".") + ".") for p in prefixes)
 
 
-def _refusal(report: LoadReport, target: nn.Module, backbone: Backbone, meta: dict) -> str:
+def _refusal(report: LoadReport, target: nn.Module, backbone: Backbone) -> str:
     parts = []
     if report.mismatched:
         shown = "; ".join(report.mismatched[:_SHOWN])
@@ -246,8 +259,8 @@ def _refusal(report: LoadReport, target: nn.Module, backbone: Backbone, meta: di
             f"prefixes in model.backbone.weights_skip (e.g. ['{first}']); otherwise pick the "
             "backbone these weights were trained for"
         )
-    if meta.get("backbone"):
-        fix += f" (this checkpoint is a {meta.get('task')} model on backbone '{meta['backbone']}')"
+    if report.from_backbone:
+        fix += f" (this checkpoint was trained on backbone '{report.from_backbone}')"
     return (
         f"weights {report.source} do not fit {type(backbone).__name__} ({type(target).__name__}): "
         + "; ".join(parts)
