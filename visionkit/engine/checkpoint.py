@@ -176,6 +176,11 @@ class CheckpointManager:
         return [p for _, p in sorted(found)]
 
 
+def is_checkpoint(obj: Any) -> bool:
+    """Whether a loaded object is a checkpoint our trainer wrote (its format tag)."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     """Read a checkpoint safely; every failure is a CheckpointError naming the path.
 
@@ -202,7 +207,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise CheckpointError(
             f"checkpoint '{path}' is truncated or corrupt and cannot be read; use an earlier checkpoint"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not is_checkpoint(state):
         raise CheckpointError(
             f"'{path}' is not a visionkit checkpoint; to start from other weights set "
             "model.backbone.weights instead"

@@ -48,20 +48,20 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
     #: file keys left out on purpose: ``skip`` prefixes, and a classifier/head the target lacks
     skipped: list[str] = field(default_factory=list)
-    #: the task of a visionkit checkpoint made for another task (only its backbone is loaded)
-    from_task: str | None = None
-    #: the backbone a visionkit checkpoint was trained on, when it is not the target's
-    from_backbone: str | None = None
     #: the task a visionkit checkpoint was trained for (None for other files)
     trained_for: str | None = None
+    #: the checkpoint was trained for another task than the target's: only its backbone is loaded
+    backbone_only: bool = False
+    #: the backbone a visionkit checkpoint was trained on, when it is not the target's
+    from_backbone: str | None = None
 
     def summary(self) -> str:
         """One line for the log."""
         whose = ""
-        if self.from_task or self.from_backbone:
+        if self.backbone_only or self.from_backbone:
             on = f" on {self.from_backbone}" if self.from_backbone else ""
             whose = f" (a {self.trained_for or 'visionkit'} checkpoint{on}"
-            whose += ": its backbone only)" if self.from_task else ")"
+            whose += ": its backbone only)" if self.backbone_only else ")"
         line = (f"weights {self.source}{whose}: loaded {len(self.loaded)} tensors, {len(self.missing)} missing"
                 f" (kept at init), {len(self.skipped)} skipped")
         for what, keys in (("missing", self.missing), ("skipped", self.skipped)):
@@ -102,16 +102,13 @@ def load_backbone_weights(backbone_or_model: nn.Module, spec: str, *, skip: Iter
     remap = getattr(backbone, "remap_torchvision_keys", None)  # a family's legacy key names
     if remap is not None and not own_layout:
         state = remap(state)
-    from_task = meta.get("task") if task is not None and meta.get("task") not in (None, task) else None
+    trained_for, trained_on = meta.get("task"), meta.get("backbone")
+    report = LoadReport(source=spec, trained_for=trained_for, backbone_only=_differs(trained_for, task),
+                        from_backbone=trained_on if _differs(trained_on, backbone_name) else None)
     # file key -> target key (None: not for this target)
-    pairs = _to_target_names(state, target, backbone, own_layout, backbone_only=from_task is not None)
+    pairs = _to_target_names(state, target, backbone, own_layout, backbone_only=report.backbone_only)
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
     own = target.state_dict()
-    trained_on = meta.get("backbone")
-    other = backbone_name is not None and trained_on not in (None, backbone_name)
-    from_backbone = trained_on if other else None
-    report = LoadReport(source=spec, from_task=from_task, from_backbone=from_backbone,
-                        trained_for=meta.get("task"))
     to_load: dict[str, torch.Tensor] = {}
     for key, name in pairs.items():
         tensor = state[key]
@@ -151,17 +148,16 @@ def _read_state_dict(spec: str) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors of a local file or of torchvision weights, keys unchanged, and the ``meta`` of
     a visionkit checkpoint (its task and backbone; empty for other files)."""
     if os.path.exists(spec):
-        from visionkit.engine.checkpoint import FORMAT, check_torch_file
+        from visionkit.engine.checkpoint import check_torch_file, is_checkpoint
 
         check_torch_file(Path(spec), "weights file")
         try:
             obj = torch.load(spec, map_location="cpu", weights_only=True)
         except Exception as e:  # corrupt, truncated, or pickles more than tensors
             raise CheckpointError(f"cannot read weights file {spec}: {_first_line(e)}") from e
-        meta = {}
+        ours = is_checkpoint(obj) and isinstance(obj.get("model"), dict)
+        meta = obj["meta"] if ours and isinstance(obj.get("meta"), dict) else {}
         if isinstance(obj, dict):
-            ours = obj.get("format") == FORMAT and isinstance(obj.get("model"), dict)  # our trainer's
-            meta = obj["meta"] if ours and isinstance(obj.get("meta"), dict) else {}
             for key in ("state_dict", "model"):
                 if isinstance(obj.get(key), dict):
                     obj = obj[key]
@@ -230,6 +226,11 @@ def _to_target_names(state, target: nn.Module, backbone: Backbone, own_layout: b
     names = dict(zip(keys, keys)) if own_layout else dict(zip(keys, map_torchvision_keys(state, backbone)))
     has_head = any(n.startswith("head.") for n in target.state_dict())
     return {k: (None if n.startswith("head.") and not has_head else n) for k, n in names.items()}
+
+
+def _differs(recorded: str | None, wanted: str | None) -> bool:
+    """Whether a checkpoint's recorded task/backbone is known and not the one wanted (when given)."""
+    return None not in (recorded, wanted) and recorded != wanted
 
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
