@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,6 +219,21 @@ def test_checkpoint_from_before_the_norm_keys_gets_the_overrides_that_rebuild_it
     assert "built with model.head.fpn_channels=64 model.head.fpn_norm=none: pass those overrides" in hint
     assert "head_norm" not in hint  # its value then was "none", as now
     assert hint.endswith("its config does not record model.head.later")
+
+
+def test_checkpoint_with_the_former_mask_head_defaults_gets_the_overrides_that_rebuild_it():
+    """Until 2026-11-29 the mask head was 2 x 64 by default; a run's saved config records the values
+    it trained with, so loading it under today's defaults names the overrides that fit."""
+    from visionkit.engine.trainer import _model_settings_hint
+    from visionkit.tasks.detection import DetectionTask
+
+    recipe = Path(__file__).resolve().parents[1] / "configs/detection/mask_rcnn_resnet18_fpn_shapes.yaml"
+    current = load_config(recipe).model.to_dict()
+    saved = {"model": json.loads(json.dumps(current))}
+    saved["model"]["head"].update(mask_convs=2, mask_channels=64)
+    hint = _model_settings_hint(saved, current, DetectionTask.added_settings)
+    assert hint == ("; the checkpoint's model was built with model.head.mask_convs=2 "
+                    "model.head.mask_channels=64: pass those overrides")
 
 
 def test_prediction_format(tmp_path, shapes_root):
