@@ -207,6 +207,26 @@ def test_norm_layers_and_conv_box_head_are_built_and_train(tmp_path, shapes_root
                    for m in (*plain.model.backbone.fpn.modules(), *plain.model.roi_heads.modules()))
 
 
+def test_mask_roi_align_takes_its_own_sampling_ratio(tmp_path, shapes_root):
+    """model.head.mask_sampling_ratio sets the mask head's RoIAlign samples per bin side (torchvision's
+    values: 2) apart from the box head's roi_sampling_ratio; a large RoI then reads other features."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    task = build(det_config(tmp_path, shapes_root, roi_sampling_ratio=1, mask_sampling_ratio=2))
+    heads = task.model.roi_heads
+    levels = list(heads.mask_roi_pool.featmap_names)
+    g = torch.Generator().manual_seed(0)
+    feats = {n: torch.randn(1, 8, 32 >> i, 32 >> i, generator=g) for i, n in enumerate(levels)}  # stride 4, 8
+    boxes, sizes = [torch.tensor([[4.0, 6.0, 120.0, 110.0]])], [(128, 128)]
+    got = {n: getattr(heads, n)(feats, boxes, sizes) for n in ("mask_roi_pool", "box_roi_pool")}
+    for name, size, ratio in (("mask_roi_pool", 14, 2), ("box_roi_pool", 7, 1)):
+        torch.testing.assert_close(got[name], MultiScaleRoIAlign(levels, size, ratio)(feats, boxes, sizes))
+    one = MultiScaleRoIAlign(levels, 14, 1)(feats, boxes, sizes)
+    assert (got["mask_roi_pool"] - one).abs().max() > 0.1
+    with pytest.raises(ConfigError, match="model.head.mask_sampling_ratio"):
+        det_config(tmp_path, shapes_root, mask_sampling_ratio=-2)
+
+
 def test_checkpoint_from_before_the_norm_keys_gets_the_overrides_that_rebuild_it():
     from visionkit.engine.trainer import _model_settings_hint
     from visionkit.tasks.detection import DetectionTask

@@ -37,7 +37,7 @@ TORCHVISION_HEAD = {
     "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
     "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
     "box_batch_size_per_image": 512, "box_representation": 1024, "detections_per_img": 100,
-    "mask_convs": 4, "mask_channels": 256, "roi_sampling_ratio": 2,
+    "mask_convs": 4, "mask_channels": 256, "roi_sampling_ratio": 2, "mask_sampling_ratio": 2,
     "fpn_norm": "none", "head_norm": "none", "box_convs": 0,
 }
 

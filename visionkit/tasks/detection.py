@@ -41,6 +41,7 @@ _LIMITS = {  # extra checks on the RCNNSettings fields, by name
     "mask_convs": dict(min=0), "box_roi_size": dict(min=1), "mask_roi_size": dict(min=1),
     "anchor_scales": dict(min=0.01), "anchor_ratios": dict(min=0.01), "size_divisible": dict(min=1),
     "detections_per_img": dict(min=1), "roi_sampling_ratio": dict(min=-1), "roi_canonical_scale": dict(min=1),
+    "mask_sampling_ratio": dict(min=-1),
 }
 
 
