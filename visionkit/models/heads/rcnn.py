@@ -92,7 +92,7 @@ class RCNNSettings:
     box_convs: int = 0  # 3x3 convs before the box head's one fc layer; 0: two fc layers (as tv)
     mask_roi_size: int = 14
     # the mask head's RoIAlign samples per bin side, apart from the box head's: 2 (as tv) reads every
-    # stride-4 cell under a RoI wider than 14 cells, where 1 skips about every other one; ~1.06x a
+    # stride-4 cell under a RoI wider than 14 cells, where 1 skips about every other one; ~1.04x a
     # step, sharper masks on large shapes (the recipe's test segm_AP 0.745 against 0.736)
     mask_sampling_ratio: int = 2
     # four 3x3 convs as torchvision's, at 48 wide instead of 256: about the cost of two at 64 wide
