@@ -78,8 +78,8 @@ class RCNNSettings:
     rpn_nms_thresh: float = 0.7
     rpn_score_thresh: float = 0.0
     box_roi_size: int = 7
-    # bilinear samples per RoI bin side; on a CPU RoIAlign's backward dominates a training step,
-    # and its cost grows with the square of this (tv: 2)
+    # the box head's bilinear samples per RoI bin side (the mask head's: mask_sampling_ratio); on a
+    # CPU RoIAlign's backward dominates a training step, and its cost grows with the square of this (tv: 2)
     roi_sampling_ratio: int = 1
     box_representation: int = 256  # tv: 1024
     box_fg_iou: float = 0.5
