@@ -115,8 +115,8 @@ class SplitView(Dataset):
         gen = torch.default_generator  # the CPU generator the v2 transforms draw from
         state = gen.get_state()
         try:
-            # gen.manual_seed, not torch.manual_seed: the latter also reseeds every accelerator
-            # and costs 100x more, per sample
+            # gen.manual_seed, not torch.manual_seed: the latter also reseeds every accelerator,
+            # far dearer per sample
             gen.manual_seed(sample_seed(self.seed, epoch, index))
             out = self.transform(sample)
         finally:
