@@ -226,6 +226,13 @@ def base_schema() -> dict:
             "max_nonfinite_steps": Field(int, 5, min=1,
                                          help="with on_nonfinite skip: stop after this many in a row"),
             "early_stopping": Field(int, None, nullable=True, min=1, help="patience in validations"),
+            "ema": {
+                "decay": Field(float, None, nullable=True, min=0, max=1,
+                               help="an exponential moving average of the weights, evaluated and saved as the "
+                                    "model (e.g. 0.999); null: off"),
+                "every": Field(int, 1, min=1, help="update the average every N optimizer steps"),
+                "warmup": Field(bool, False, help="ramp the decay up as min(decay, (1 + n) / (10 + n))"),
+            },
             "final_test": Field(bool, False, help="score the test split once training ends"),
             "log_every": Field(int, 10, min=1),
             "vis_images": Field(int, 16, min=0),
