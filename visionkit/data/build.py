@@ -196,8 +196,6 @@ class EpochSampler(Sampler):
 
 
 def build_source(cfg) -> Source:
-    import visionkit.data.datasets.sources  # noqa: F401  (registers the dataset sources)
-
     return DATASETS.get(cfg.data.dataset)(cfg)
 
 

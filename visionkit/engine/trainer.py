@@ -25,6 +25,7 @@ from visionkit.data.build import SPLITS, build_datasets, build_loader, build_sou
 from visionkit.engine import distributed, faults
 from visionkit.engine.checkpoint import CheckpointManager, load_checkpoint
 from visionkit.engine.hooks import CheckpointHook, Hook, LoggerHook, MetricsWriter
+from visionkit.engine.loading import model_settings_hint as _model_settings_hint
 from visionkit.engine.runlog import BadSampleLog, truncate_metrics
 from visionkit.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from visionkit.errors import CheckpointError, ConfigError, DataError, VisionKitError
@@ -138,34 +139,6 @@ def new_run_dir(cfg) -> Path:
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
-
-
-def _model_settings_hint(saved: dict | None, current: dict, added: dict) -> str:
-    """The ``model`` settings in which a checkpoint's own config differs from the current one, as
-    the overrides that rebuild the checkpoint's model. ``added`` maps keys that came to visionkit
-    after a checkpoint may have been trained to the value that reproduces the model before them."""
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-        return ""
-    fixes, unknown = [], []
-
-    def walk(old: dict, new: dict, prefix: str) -> None:
-        for key, value in new.items():
-            name = f"{prefix}.{key}"
-            if key not in old:
-                if name in added and added[name] != value:
-                    fixes.append(f"{name}={added[name]}")
-                elif name not in added:
-                    unknown.append(name)
-            elif isinstance(value, dict) and isinstance(old[key], dict):
-                walk(old[key], value, name)
-            elif old[key] != value:
-                fixes.append(f"{name}={old[key]}")
-
-    walk(saved["model"], current, "model")
-    hint = f"; the checkpoint's model was built with {' '.join(fixes)}: pass those overrides" if fixes else ""
-    if unknown:
-        hint += f"; its config does not record {', '.join(unknown[:5])}"
-    return hint
 
 
 class Trainer:

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from visionkit.config import as_config
+from visionkit.engine.loading import task_from_checkpoint
 from visionkit.errors import ConfigError, DataError
 from visionkit.export import formats, graph as graphs
 from visionkit.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, load_samples, to_input, verify
@@ -33,8 +35,6 @@ def export(config, checkpoint, fmt: str, out, *, opset: int | None = None, dynam
            log=print) -> dict:
     """Write ``checkpoint``'s model to ``out`` as ``fmt`` ('onnx' or 'torchscript'); returns a
     summary (file, metadata, and the verification checks when ``verify_export``)."""
-    from visionkit import api
-
     if fmt not in formats.FORMATS:
         raise ConfigError(f"unknown export format '{fmt}'; choose one of: {', '.join(formats.FORMATS)}")
     if fmt == "onnx":
@@ -49,10 +49,10 @@ def export(config, checkpoint, fmt: str, out, *, opset: int | None = None, dynam
                           f"use {formats.MIN_OPSET}..{formats.MAX_OPSET}")
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}")
-    cfg = api._cfg(config, overrides)
+    cfg = as_config(config, overrides)
     if cfg.task not in graphs.OUTPUTS:
         raise ConfigError(f"task '{cfg.task}' cannot be exported; exportable: {', '.join(graphs.OUTPUTS)}")
-    task, _ = api.load_task(cfg, checkpoint)
+    task, _ = task_from_checkpoint(cfg, checkpoint)
     task = task.float().cpu().eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

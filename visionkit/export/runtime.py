@@ -24,9 +24,6 @@ from visionkit.registry import TASKS
 def output_task(meta: dict):
     """The exported task's class with only the attributes its output methods read: its
     ``describe``/``record``/``write_outputs``/``visualize`` run unchanged, without any weights."""
-    import visionkit.schema  # noqa: F401  (registers the tasks)
-
-    visionkit.schema.register_builtins()
     cls = TASKS.get(meta["task"])
     view = cls.__new__(cls)
     nn.Module.__init__(view)
