@@ -8,7 +8,7 @@ for its side effect. A new backbone family, data reader or task adds its module 
 The order below is the order names are listed in (``visionkit info``, "choose one of" messages).
 """
 
-# ruff: noqa: F401  (each import is here for what it registers)
+# ruff: noqa: F401, I001  (each import is here for what it registers, in the order names are listed)
 from visionkit.models import backbones  # BACKBONES: every family under models/backbones
 from visionkit.models.necks import fpn  # NECKS
 from visionkit.data.datasets import sources  # DATASETS image_folder and shapes

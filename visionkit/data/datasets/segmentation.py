@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from visionkit.data.build import Source
+from visionkit.data.build import Source, target_kind
 from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image
 from visionkit.data.datasets.sources import ShapesScenes
 from visionkit.data.datasets.synthetic import SHAPE_CLASSES, render_semantic
@@ -208,9 +208,9 @@ def pairs_from_list(root: Path, list_file: Path, s) -> list[tuple[str, str]]:
 def segmentation_folder(cfg) -> Source:
     """Image + label-map pairs (folder, VOC or Cityscapes style; see the module docstring)."""
     d, s = cfg.data, cfg.data.segmentation
-    if cfg.task != "segmentation":
-        raise ConfigError(f"{cfg.source}: data set 'segmentation_folder' holds label maps for task "
-                          f"'segmentation', not '{cfg.task}'")
+    if target_kind(cfg) != "semantic":
+        raise ConfigError(f"{cfg.source}: data set 'segmentation_folder' holds label maps (semantic targets) "
+                          f"for task 'segmentation', not '{cfg.task}' ({target_kind(cfg)})")
     if not s.classes:
         raise ConfigError(f"{cfg.source}: 'data.segmentation.classes' is needed for segmentation_folder "
                           "(the class names, in class-id order)")
@@ -252,7 +252,7 @@ class ShapesSemantic(ShapesScenes):
                 "index": index}
 
 
-@SHAPES_VIEWS.register("segmentation")
+@SHAPES_VIEWS.register("semantic")
 def shapes_segmentation(cfg, root: Path) -> Source:
     """Class 0 = background, 1..6 = the shape kinds (``SHAPES_SEGMENTATION_CLASSES``); split
     stratified by each scene's main shape, as classification splits it."""
