@@ -207,10 +207,11 @@ def pairs_from_list(root: Path, list_file: Path, s) -> list[tuple[str, str]]:
 @DATASETS.register("segmentation_folder")
 def segmentation_folder(cfg) -> Source:
     """Image + label-map pairs (folder, VOC or Cityscapes style; see the module docstring)."""
+    kind = target_kind(cfg)  # checked first: data.segmentation exists only for tasks that read label maps
+    if kind != "semantic":
+        raise ConfigError(f"{cfg.source}: data set 'segmentation_folder' holds label maps (semantic targets, "
+                          f"as task 'segmentation' reads), not the {kind} targets of task '{cfg.task}'")
     d, s = cfg.data, cfg.data.segmentation
-    if target_kind(cfg) != "semantic":
-        raise ConfigError(f"{cfg.source}: data set 'segmentation_folder' holds label maps (semantic targets) "
-                          f"for task 'segmentation', not '{cfg.task}' ({target_kind(cfg)})")
     if not s.classes:
         raise ConfigError(f"{cfg.source}: 'data.segmentation.classes' is needed for segmentation_folder "
                           "(the class names, in class-id order)")
