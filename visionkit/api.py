@@ -10,21 +10,21 @@ import torch
 from torchvision.io import ImageReadMode
 from torchvision.utils import save_image
 
-from visionkit.config import Config, load_config
+from visionkit.config import Config, as_config
 from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, is_image, read_image
 from visionkit.data.build import build_datasets, build_loader, build_source
 from visionkit.engine import distributed
-from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.evaluate import evaluate as run_evaluation
+from visionkit.engine.loading import load_weights, task_from_checkpoint
 from visionkit.engine.runtime import (AMP_DTYPES, autocast, prepare_task, resolve_amp, resolve_device, seed_everything,
                                       stop_workers)
-from visionkit.engine.trainer import Trainer, load_weights
-from visionkit.errors import CheckpointError, ConfigError, DataError
+from visionkit.engine.trainer import Trainer
+from visionkit.errors import ConfigError, DataError
 from visionkit.registry import TASKS
 
 
 def _cfg(config: str | Path | Config, overrides: Iterable[str] = ()) -> Config:
-    return config if isinstance(config, Config) else load_config(config, list(overrides))
+    return as_config(config, overrides)
 
 
 def train(config, overrides: Sequence[str] = (), run_dir=None, resume=False, log=print) -> Trainer:
@@ -106,27 +106,13 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def load_task(cfg: Config, checkpoint) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the task a checkpoint was trained as, without reading any data set."""
-    state = load_checkpoint(checkpoint)
-    meta = state.get("meta", {})
-    if meta.get("task") != cfg.task or meta.get("backbone") != cfg.model.backbone.name:
-        raise CheckpointError(
-            f"checkpoint '{checkpoint}' holds a {meta.get('task')} model on {meta.get('backbone')}, "
-            f"but the config builds {cfg.task} on {cfg.model.backbone.name}; use the checkpoint's own config"
-        )
-    task = TASKS.get(cfg.task).from_config(cfg, dict(meta))  # classes, and what the task saved
-    task.load_state_dict(state["model"])
-    return task.eval(), meta
-
-
 def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: Sequence[str] = (),
             log=print) -> list[dict]:
     """Predict every input image; prints one line each and, with ``out_dir``, writes drawings and
     ``predictions.json``."""
     cfg = _cfg(config, overrides)
     device = resolve_device(cfg.train.device)
-    task, _ = load_task(cfg, checkpoint)
+    task, _ = task_from_checkpoint(cfg, checkpoint)
     task.to(device)
     transform = type(task).sample_transform(cfg, train=False)
     mode = ImageReadMode.GRAY if cfg.data.channels == 1 else ImageReadMode.RGB

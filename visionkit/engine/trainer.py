@@ -22,6 +22,8 @@ from visionkit.engine.checkpoint import CheckpointManager, load_checkpoint
 from visionkit.engine.evaluate import EvalResult, evaluate, move_to_device
 from visionkit.engine.hooks import Hook, default_hooks
 from visionkit.engine.hooks.checkpointing import resolve_monitor
+from visionkit.engine.loading import load_weights
+from visionkit.engine.loading import model_settings_hint as _model_settings_hint  # noqa: F401 (tests)
 from visionkit.engine.lock import RunDirLock
 from visionkit.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from visionkit.engine.resume import hook_states, locate_run, note_changed_settings
@@ -37,55 +39,6 @@ from visionkit.registry import TASKS
 
 # what torch's DataLoader raises when a worker dies (killed for memory, segfault) or hangs
 _LOADER_FAILURE = re.compile(r"DataLoader (worker \(pid|timed out)")
-
-
-def _model_settings_hint(saved: dict | None, current: dict, added: dict) -> str:
-    """The ``model`` settings in which a checkpoint's own config differs from the current one, as
-    the overrides that rebuild the checkpoint's model. ``added`` maps keys that came to visionkit
-    after a checkpoint may have been trained to the value that reproduces the model before them."""
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-        return ""
-    fixes, unknown = [], []
-
-    def walk(old: dict, new: dict, prefix: str) -> None:
-        for key, value in new.items():
-            name = f"{prefix}.{key}"
-            if key not in old:
-                if name in added and added[name] != value:
-                    fixes.append(f"{name}={added[name]}")
-                elif name not in added:
-                    unknown.append(name)
-            elif isinstance(value, dict) and isinstance(old[key], dict):
-                walk(old[key], value, name)
-            elif old[key] != value:
-                fixes.append(f"{name}={old[key]}")
-
-    walk(saved["model"], current, "model")
-    hint = f"; the checkpoint's model was built with {' '.join(fixes)}: pass those overrides" if fixes else ""
-    if unknown:
-        hint += f"; its config does not record {', '.join(unknown[:5])}"
-    return hint
-
-
-def load_weights(task, path: str | Path, cfg, classes, state: dict | None = None, key: str = "model") -> dict:
-    """Load a checkpoint's weights (``state[key]``) into ``task``, refusing one made for another model."""
-    state = state if state is not None else load_checkpoint(path, map_location="cpu")
-    meta = state.get("meta", {})
-    for name, value in {"task": cfg.task, "backbone": cfg.model.backbone.name}.items():
-        if meta.get(name) != value:
-            raise CheckpointError(
-                f"checkpoint '{path}' was trained with {name} '{meta.get(name)}' but the config builds "
-                f"'{value}'; use the config the checkpoint was trained with (config.yaml in its run directory)")
-    if "classes" in meta and list(meta["classes"]) != list(classes):
-        raise CheckpointError(f"checkpoint '{path}' was trained on classes {meta['classes']} but the data set has "
-                              f"{classes}; evaluate it on the data it was trained for")
-    result = task.load_state_dict(state[key], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"checkpoint '{path}' does not fit the model built from the config: "
-            f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
-            + _model_settings_hint(state.get("config"), cfg.model.to_dict(), task.added_settings))
-    return state
 
 
 class Trainer:
@@ -242,7 +195,7 @@ class Trainer:
 
     def _restore(self) -> None:
         state, self._resume_state = self._resume_state, None
-        load_weights(self.task, self.resume_path, self.cfg, self.classes, state,
+        load_weights(self.task, state, self.cfg, self.classes, self.resume_path,
                      key="train_model" if "train_model" in state else "model")
         if self.eval_task is not self.task:
             self.eval_task.load_state_dict(state["model"])

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import query_size
@@ -31,7 +32,7 @@ from visionkit.models.build import build_backbone
 from visionkit.models.heads.depth import DECODERS, LOSSES, DepthHead, depth_loss
 from visionkit.registry import TASKS
 from visionkit.schema import Field
-from visionkit.tasks.base import Task
+from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
 
 KB_CROP = (352, 1216)  # KITTI benchmark crop (Uhrig et al. 2017): the rows the LiDAR covers
@@ -263,3 +264,50 @@ class DepthTask(Task):
     def metadata(self) -> dict:
         return {"classes": [], "min_depth": self.min_depth, "max_depth": self.max_depth,
                 "depth_scale": self.depth_scale}
+
+    @classmethod
+    def target_kind(cls, cfg) -> str:
+        return "depth"
+
+    # -- export: ``depth`` in metres at the input size ---------------------------------------------
+    export_outputs = ("depth",)
+    export_attrs = ("min_depth", "max_depth", "depth_scale", "mean", "std")
+
+    def export_graph(self, normalize: bool) -> nn.Module:
+        return _DepthGraph(self, normalize).eval()
+
+    def export_dynamic_axes(self, names, dynamic: bool) -> dict[str, dict[int, str]]:
+        if not dynamic:
+            return {}
+        return {"images": {0: "batch", 2: "height", 3: "width"}, **{n: {0: "batch", 1: "height", 2: "width"}
+                                                                     for n in names}}
+
+    @classmethod
+    def export_preprocess(cls, cfg) -> dict:
+        d = cfg.data.depth
+        return {"kb_crop": bool(d.kb_crop), "resize": list(d.resize) if d.resize else None}
+
+    @classmethod
+    def export_transform(cls, spec: dict):
+        steps = ([BottomCenterCrop()] if spec.get("kb_crop") else []) + \
+                ([v2.Resize(tuple(spec["resize"]), antialias=True)] if spec.get("resize") else [])
+        return v2.Compose(steps) if steps else super().export_transform(spec)
+
+    @classmethod
+    def example_image_size(cls, cfg) -> tuple[int, int]:
+        resize = cfg.data.depth.resize
+        return tuple(resize) if resize else super().example_image_size(cfg)
+
+    def from_export_outputs(self, outputs: dict[str, torch.Tensor]) -> dict:
+        return {"depth": outputs["depth"].float()}
+
+
+class _DepthGraph(nn.Module):
+    """``depth`` (B, H, W) in metres at the input size."""
+
+    def __init__(self, task: DepthTask, normalize: bool):
+        super().__init__()
+        self.task, self.norm = task, ExportNormalize(task.mean, task.std, normalize)
+
+    def forward(self, images: torch.Tensor):
+        return (self.task(self.norm(images)).float(),)
