@@ -1,4 +1,5 @@
-"""One training process per run directory: an advisory lock on ``<run dir>/.lock``.
+"""One training process per run directory: an advisory lock on ``<run dir>/.lock``, and the checks
+that a new run does not clobber another's files.
 
 ``fcntl.flock`` belongs to the open file, so the kernel drops it when the process ends however it
 ends (a SIGKILL included): a killed run never blocks its own ``--resume``. The file's text names
@@ -12,7 +13,7 @@ import socket
 from datetime import datetime
 from pathlib import Path
 
-from visionkit.errors import RunDirInUse
+from visionkit.errors import ConfigError, RunDirInUse
 
 try:
     import fcntl
@@ -55,3 +56,24 @@ class RunDirLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+def claim_run_dir(run_dir: Path, resumed: bool) -> tuple[Path, RunDirLock]:
+    """``run_dir`` and its lock, taken at once when the directory exists; a new run refuses one
+    that already holds files (before anything is read or written, so nothing is changed)."""
+    run_dir, lock = Path(run_dir), RunDirLock(run_dir)
+    if run_dir.exists():
+        if not resumed and any(run_dir.iterdir()):
+            raise ConfigError(f"run directory '{run_dir}' already holds files; pass --resume to "
+                              "continue that run, or choose another --run-dir (nothing was changed)")
+        lock.acquire()  # a run directory in use by another process is left alone
+    return run_dir, lock
+
+
+def create_run_dir(run_dir: Path, lock: RunDirLock, cfg) -> None:
+    """Make the run directory, take its lock and write the resolved ``config.yaml`` (never rewritten)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        cfg_path.write_text(cfg.to_yaml())

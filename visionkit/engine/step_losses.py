@@ -24,6 +24,15 @@ def nonfinite_stop(where: str, terms: str) -> NonFiniteLossError:
         "train.optimizer.lr or set train.clip_grad_norm (or train.on_nonfinite: skip)")
 
 
+def check_finite_weights(model: torch.nn.Module, where: str) -> None:
+    """Refuse to save weights a non-finite loss has reached (a NaN that the loss did not show yet)."""
+    for name, v in model.state_dict().items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise NonFiniteLossError(
+                f"parameter '{name}' holds NaN or Inf at {where}; no checkpoint was written with it; "
+                "lower train.optimizer.lr or set train.clip_grad_norm")
+
+
 class StepLosses:
     """Turns each trained batch into the ``logs`` dict the hooks get: ``step`` (the optimizer
     steps done after it), ``epoch``, ``loss``, ``losses`` (per term), ``lr``, ``batch_size`` (the

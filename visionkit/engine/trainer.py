@@ -18,20 +18,20 @@ import torch
 
 from visionkit.data.build import build_datasets, build_loader, build_source
 from visionkit.engine import distributed
-from visionkit.engine.checkpoint import CheckpointManager, load_checkpoint
+from visionkit.engine.checkpoint import CheckpointManager
 from visionkit.engine.evaluate import EvalResult, evaluate, move_to_device
 from visionkit.engine.hooks import Hook, default_hooks
 from visionkit.engine.hooks.checkpointing import resolve_monitor
 from visionkit.engine.loading import load_weights
 from visionkit.engine.loading import model_settings_hint as _model_settings_hint  # noqa: F401 (tests)
-from visionkit.engine.lock import RunDirLock
+from visionkit.engine.lock import RunDirLock, claim_run_dir, create_run_dir
 from visionkit.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from visionkit.engine.resume import hook_states, locate_run, note_changed_settings
 from visionkit.engine.runtime import (  # noqa: F401 (resolve_device: the API and tools import it from here)
     AMP_DTYPES, autocast, new_run_dir, prepare_task, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state,
     stop_workers,
     use_deterministic_kernels)
-from visionkit.engine.step_losses import StepLosses
+from visionkit.engine.step_losses import StepLosses, check_finite_weights
 from visionkit.errors import (  # noqa: F401 (raised by hooks; imported from here by callers)
     CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainingInterrupted)
 from visionkit.models.weights import load_backbone_weights
@@ -70,7 +70,7 @@ class Trainer:
         self.lock: RunDirLock | None = None  # rank 0's, taken once the run directory is known
         # refuse to clobber before anything is read; everything that can fail on the user's data or
         # weights runs before the run directory is made, so a failed start leaves nothing behind
-        self.run_dir = self.group.on_main(self._check_run_dir)
+        self.run_dir = self.group.on_main(self._claim_run_dir)
         source = build_source(cfg)
         self.classes = source.classes
         self.task = self.task_cls.from_config(cfg, {**source.info, "classes": self.classes})
@@ -80,7 +80,7 @@ class Trainer:
             b = cfg.model.backbone
             report = load_backbone_weights(self.task, b.weights, skip=b.weights_skip, task=cfg.task, backbone_name=b.name)
             self.log(f"loaded backbone {report.summary()}")
-        self.group.on_main(self._create_run_dir)
+        self.group.on_main(lambda: create_run_dir(self.run_dir, self.lock, cfg))
         # rank 0 first: it writes split.json, which the others then read
         self.datasets = self.group.main_first(lambda: build_datasets(
             cfg, self.task_cls, self.run_dir if self.group.is_main or (self.run_dir / "split.json").exists()
@@ -107,22 +107,9 @@ class Trainer:
         self.call("setup")
 
     # -- set-up ------------------------------------------------------------------------------------
-    def _check_run_dir(self) -> Path:
-        run_dir = self.run_dir or new_run_dir(self.cfg)
-        self.lock = RunDirLock(run_dir)
-        if run_dir.exists():
-            if not self.resumed and any(run_dir.iterdir()):
-                raise ConfigError(f"run directory '{run_dir}' already holds files; pass --resume to "
-                                  "continue that run, or choose another --run-dir (nothing was changed)")
-            self.lock.acquire()  # a run directory in use by another process is left alone
-        return run_dir
-
-    def _create_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.lock.acquire()
-        cfg_path = self.run_dir / "config.yaml"
-        if not cfg_path.exists():
-            cfg_path.write_text(self.cfg.to_yaml())
+    def _claim_run_dir(self) -> Path:
+        self.run_dir, self.lock = claim_run_dir(self.run_dir or new_run_dir(self.cfg), self.resumed)
+        return self.run_dir
 
     def _build_optim(self):
         t = self.cfg.train
@@ -176,11 +163,7 @@ class Trainer:
             return None
         for logs in self.losses.flush():
             self.call("after_step", logs)
-        for name, v in self.task.state_dict().items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise NonFiniteLossError(
-                    f"parameter '{name}' holds NaN or Inf at epoch {self.epoch + 1} step {self.global_step}; "
-                    "no checkpoint was written with it; lower train.optimizer.lr or set train.clip_grad_norm")
+        check_finite_weights(self.task, f"epoch {self.epoch + 1} step {self.global_step}")
         self._saved_at = (self.global_step, self.step_in_epoch)
         if not self.group.enabled:
             return self.ckpt.save(self.state_dict(), self.epoch, self.global_step, is_best, mid_epoch)
@@ -188,10 +171,6 @@ class Trainer:
         rngs = self.group.gather(rng_state())
         return self.group.on_main(lambda: self.ckpt.save({**self.state_dict(), "rng_ranks": rngs}, self.epoch,
                                                          self.global_step, is_best, mid_epoch))
-
-    def load_weights(self, path: str | Path) -> dict:
-        """Load a checkpoint's model into the evaluation weights (the final test takes best.pt)."""
-        return load_weights(self.eval_task, path, self.cfg, self.classes)
 
     def _restore(self) -> None:
         state, self._resume_state = self._resume_state, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from visionkit.engine.hooks.base import Hook
+from visionkit.engine.loading import load_weights
 
 
 class FinalTest(Hook):
@@ -18,7 +19,7 @@ class FinalTest(Hook):
             return
         best = trainer.run_dir / "checkpoints" / "best.pt"
         if best.exists():
-            trainer.load_weights(best)
+            load_weights(trainer.eval_task, best, trainer.cfg, trainer.classes)
         metrics = trainer.test()
         if trainer.group.is_main:
             (trainer.run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
