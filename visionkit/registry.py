@@ -82,5 +82,3 @@ DATASETS = Registry("dataset")
 EVALUATORS = Registry("evaluator")
 #: task name -> ``builder(cfg, root) -> Source``: what the ``shapes`` data set gives each task
 SHAPES_VIEWS = Registry("shapes view")
-#: name -> ``fn(quick: bool) -> list[dict]``: rows of ``tools/benchmark.py`` (see visionkit/bench)
-BENCHMARKS = Registry("benchmark")

@@ -7,8 +7,8 @@ epoch from the first batch request to the last step (validation and checkpointin
 that window). The baseline is the textbook loop on one in-memory batch of the same model, size
 and batch, run for as many steps next to each epoch -- right after it in even epochs, right
 before it in odd ones (ABBA), so neither side always runs first. Each steady epoch and its
-baseline pass, seconds apart, give one ratio; the row's ratio is the median of those pairs (this
-VM's speed drifts by about 10 % within minutes, which cancels within a pair). The ratio is what
+baseline pass, seconds apart, give one ratio; the row's ratio is the median of those pairs (a
+shared machine's speed drifts over minutes, which cancels within a pair). The ratio is what
 the input side costs on top of the model's own compute.
 """
 
@@ -17,9 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from visionkit.bench import common
+from benchmarks import BENCHMARKS, common
 from visionkit.engine.hooks import Hook
-from visionkit.registry import BENCHMARKS
 
 #: (backbone, image size, batch, train images, target)
 CASES = [("resnet18", 64, 32, 512, ">= 0.90"), ("resnet18", 224, 8, 32, ">= 0.90"),
@@ -53,11 +52,10 @@ class EpochTimer(Hook):
 
 
 def measure(backbone: str, size: int, batch: int, train: int, epochs: int, folder: Path, dev):
+    from benchmarks.trainer_step import batch_for
     from visionkit.config import load_config
     from visionkit.engine.optim import build_optimizer
     from visionkit.engine.trainer import Trainer
-
-    from visionkit.bench.trainer_step import batch_for
 
     val = batch
     cfg_path = common.classification_config(

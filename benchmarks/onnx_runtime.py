@@ -11,12 +11,12 @@ per second. Batch 1 (the deployment case the target is about) and batch 16, at 2
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from visionkit.bench import common
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
 TARGET = ">= 1.3"
 
@@ -42,7 +42,8 @@ def _rate(fn, images: torch.Tensor, runs: int) -> float:
 @BENCHMARKS.register("onnx_runtime")
 def onnx_runtime(quick: bool) -> list[dict]:
     try:
-        from visionkit.export import formats, graph as graphs
+        from visionkit.export import formats
+        from visionkit.export import graph as graphs
 
         formats.require_onnx()
     except Exception as e:  # noqa: BLE001  (onnx/onnxruntime are the optional [export] extra)
@@ -72,13 +73,13 @@ def onnx_runtime(quick: bool) -> list[dict]:
             # warm-up both, and check they agree before timing anything
             got, want = runner(images)[0], eager(images)[0]
             err = float((got - want).abs().max())
-            ours, base = common.alternate(lambda: _rate(runner, images, runs), lambda: _rate(eager, images, runs),
+            ours, base = common.alternate(partial(_rate, runner, images, runs), partial(_rate, eager, images, runs),
                                           repeats)
             info = common.details("resnet18 classification", size, batch, repeats, "cpu", runs_per_repeat=runs,
                                   ours_runs=ours, baseline_runs=base, max_abs_logit_difference=err,
                                   onnxruntime=__import__("onnxruntime").__version__)
             figure = ("10 onnxruntime vs PyTorch eager inference, ResNet-18 (`onnx_runtime`)" if batch == 1
-                      else "10 same, batch %d" % batch)
+                      else f"10 same, batch {batch}")
             rows.append(common.row(figure, common.median(ours), common.median(base),
                                    TARGET if batch == 1 else "-", "img/s", info))
     return rows

@@ -3,7 +3,7 @@
 "Ours" is the real :class:`~visionkit.engine.trainer.Trainer` built from a config -- its
 ``train_one_epoch`` with the LR schedule, the finite-loss check, the grad scaler and the logging
 hook writing ``metrics.jsonl`` and TensorBoard -- with only its DataLoader swapped for
-:class:`~visionkit.bench.common.TensorBatches`, so input cost is zero on both sides and the ratio
+:class:`~benchmarks.common.TensorBatches`, so input cost is zero on both sides and the ratio
 is the loop's own overhead. The baseline trains an identical model (built by a second Trainer
 from the same config and seed) with the same optimizer in five lines.
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from visionkit.bench import common
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
 TARGET = ">= 0.97"
 #: (backbone, image size, batch, steps per timed run) of the full run; --quick runs small ones.
