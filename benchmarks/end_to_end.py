@@ -34,19 +34,21 @@ class EpochTimer(Hook):
         self.baseline = baseline
         self.epochs: list[tuple[float, int]] = []
         self.base: list[float] = []
+        self.epoch_start = self.last_step = 0.0
+        self.epoch_images = 0
 
     def before_epoch(self, trainer) -> None:
         if trainer.epoch % 2:
             self.base.append(self.baseline(trainer))
-        self._start, self._images = time.perf_counter(), 0
+        self.epoch_start, self.epoch_images = time.perf_counter(), 0
 
     def after_step(self, trainer, logs: dict) -> None:
         common.sync(trainer.device)
-        self._images += logs["batch_size"]
-        self._last = time.perf_counter()
+        self.epoch_images += logs["batch_size"]
+        self.last_step = time.perf_counter()
 
     def after_epoch(self, trainer) -> None:
-        self.epochs.append((self._last - self._start, self._images))
+        self.epochs.append((self.last_step - self.epoch_start, self.epoch_images))
         if (trainer.epoch - 1) % 2 == 0:  # the trainer has counted the epoch already
             self.base.append(self.baseline(trainer))
 
