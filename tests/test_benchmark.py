@@ -1,19 +1,29 @@
-"""The benchmark harness: ``--quick`` runs every row end to end and writes the JSON table.
+"""The benchmark harness (``python tools/benchmark.py``): ``--quick`` runs every row end to end and
+writes the JSON table.
 
 No timing is asserted (the machine's speed is not the code's); the test checks that each
-selected row is there, states what it ran on, and holds positive, finite numbers.
+selected row is there, states what it ran on, and holds positive, finite numbers. The harness
+lives in ``benchmarks/`` outside the package (pytest puts the checkout's root on ``sys.path``),
+and the package neither imports it nor offers it as a subcommand.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from visionkit.cli import main
+from benchmarks.harness import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ROW_KEYS = {"figure", "ours", "baseline", "ratio", "target", "met", "unit", "details"}
 DETAIL_KEYS = {"model", "image_size", "batch", "threads", "device", "repeats"}
@@ -28,7 +38,7 @@ def test_quick_run_has_every_selected_row_with_sane_numbers(tmp_path, capsys, mo
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:  # one thread: steadier on a loaded machine, and what the rows must then report
-        code = main(["benchmark", "--quick", "--threads", "1", "--out", str(out),
+        code = main(["--quick", "--threads", "1", "--out", str(out),
                      "--only", "trainer_step,end_to_end,pipeline,flops,coco_eval,memory,gpu"])
     finally:
         torch.set_num_threads(threads)
@@ -71,20 +81,20 @@ def test_quick_run_has_every_selected_row_with_sane_numbers(tmp_path, capsys, mo
 
 
 def test_only_rejects_unknown_names_with_a_suggestion(capsys):
-    assert main(["benchmark", "--only", "trainer_stp"]) == 2
+    assert main(["--only", "trainer_stp"]) == 2
     err = capsys.readouterr().err
     assert "trainer_stp" in err and "trainer_step" in err
 
 
 def test_list_names_every_benchmark(capsys):
-    assert main(["benchmark", "--list"]) == 0
+    assert main(["--list"]) == 0
     out = capsys.readouterr().out
     for name in ("trainer_step", "end_to_end", "pipeline", "flops", "coco_eval", "memory", "gpu"):
         assert name in out
 
 
 def test_alternate_flips_the_order_every_repeat_so_neither_side_always_runs_first():
-    from visionkit.bench.common import alternate
+    from benchmarks.common import alternate
 
     calls = []
     ours, base = alternate(lambda: calls.append("ours") or 1.0, lambda: calls.append("base") or 2.0, 4)
@@ -93,11 +103,75 @@ def test_alternate_flips_the_order_every_repeat_so_neither_side_always_runs_firs
 
 
 def test_training_benchmarks_run_only_when_named(capsys):
-    from visionkit.bench.harness import load_benchmarks, select
+    from benchmarks.harness import benchmark_names, select
 
-    names = load_benchmarks()
+    names = benchmark_names()
     assert "detection_ap" in names and "detection_ap" not in select(names, None)
     assert select(names, "detection_ap") == ["detection_ap"]
-    assert main(["benchmark", "--list"]) == 0
+    assert main(["--list"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("detection_ap"))
     assert "only with --only" in line
+
+
+def test_tools_benchmark_runs_from_a_checkout_without_pythonpath(tmp_path):
+    """The script finds ``benchmarks/`` and the checkout's ``visionkit`` itself, from any folder."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--list"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    listed = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    assert listed == ["trainer_step", "end_to_end", "pipeline", "flops", "detection", "detection_ap",
+                      "coco_eval", "memory", "gpu", "onnx_runtime", "ddp"]
+
+
+def test_visionkit_benchmark_says_where_the_benchmark_went(capsys):
+    from visionkit.cli import main as visionkit_main
+
+    assert visionkit_main(["benchmark", "--quick", "--only", "flops"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "python tools/benchmark.py" in lines[0] and "checkout" in lines[0]
+
+
+def test_importing_visionkit_loads_no_benchmark_code():
+    # torch itself imports torch.utils.throughput_benchmark; ours would be benchmarks.* or visionkit.*bench*
+    code = ("import visionkit, sys; print([m for m in sys.modules if 'bench' in m and not m.startswith('torch.')])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_nothing_in_the_package_imports_the_benchmarks():
+    """Also imports inside functions, which importing the package would not show."""
+    found = []
+    for path in sorted((ROOT / "visionkit").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                      if n == "benchmarks" or n.startswith(("benchmarks.", "visionkit.bench"))]
+    assert found == []
+
+
+#: rows still allowed to reach into visionkit's private names, and why
+PRIVATE_USE: dict[str, str] = {}  # file name -> why it may, while it must
+
+
+def test_benchmark_rows_use_only_public_names():
+    """No row but those listed imports or reads a leading-underscore name of visionkit (its own
+    objects, ``self._x``, are its business)."""
+    found = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        if path.name in PRIVATE_USE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("visionkit"):
+                names = [node.module, *(a.name for a in node.names)]
+            elif isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+                names = [node.attr]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} {n}" for n in names
+                      if any(part.startswith("_") and not part.startswith("__") for part in n.split("."))]
+    assert found == []

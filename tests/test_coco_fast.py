@@ -9,7 +9,6 @@ detections and detections of classes absent from the ground truth. Also: the con
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -17,8 +16,8 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from benchmarks.coco_eval import coco_eval, pycocotools_stats, synthetic
 from visionkit import load_config
-from visionkit.bench.coco_eval import coco_eval, pycocotools_stats, synthetic
 from visionkit.errors import ConfigError, DataError
 from visionkit.evaluation import coco_backend
 from visionkit.evaluation.coco import CocoEvaluator
@@ -219,7 +218,7 @@ def test_coco_eval_benchmark_row_runs_small():
 
 
 def test_detection_benchmark_row_runs_small():
-    from visionkit.bench.detection import detection
+    from benchmarks.detection import detection
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -238,7 +237,7 @@ def test_detection_benchmark_row_runs_small():
 def test_detection_ap_row_trains_both_head_settings_and_scores_the_test_split(tmp_path):
     import yaml
 
-    from visionkit.bench.detection import TORCHVISION_HEAD, detection_ap
+    from benchmarks.detection import TORCHVISION_HEAD, detection_ap
 
     over = (f"data.root={tmp_path / 'shapes'}", "data.synth.num_images=20", "train.epochs=1",
             "model.head.min_size=64", "data.batch_size=4", "train.vis_images=0", "train.amp=none",
@@ -265,28 +264,3 @@ def test_detection_ap_row_trains_both_head_settings_and_scores_the_test_split(tm
     assert at_once[0]["details"]["sides_trained"] == "at once"
     assert (tmp_path / "at_once" / "torchvision_head" / "test_metrics.json").exists()
 
-    # --baseline-from: torchvision's side comes from that record, checked, and is not trained again
-    record = tmp_path / "record.json"
-    record.write_text(json.dumps({"started": "then", "rows": [{**r, "benchmark": "detection_ap"} for r in rows]}))
-    again = detection_ap(False, overrides=over, keep=tmp_path / "again", baseline_from=record)
-    assert [r["baseline"] for r in again] == [r["baseline"] for r in rows]
-    assert [r["ours"] for r in again] == [r["ours"] for r in rows]  # same seed, same scenes
-    assert again[0]["details"]["baseline_from"] == f"{record} (benchmark started then)"
-    assert again[0]["details"]["baseline_recipe_checked"] is True
-    assert not (tmp_path / "again" / "torchvision_head").exists()
-    with pytest.raises(ConfigError, match=r"baseline trained something else: overrides .*train.seed=1"):
-        detection_ap(False, overrides=(*over, "train.seed=1"), keep=tmp_path / "other", baseline_from=record)
-    old = json.loads(record.read_text())
-    assert old["rows"][0]["details"]["detector_revision"] == 2
-    for r in old["rows"]:  # a record from before the mask alignment: its masks were scored differently
-        del r["details"]["detector_revision"]
-    record.write_text(json.dumps(old))
-    with pytest.raises(ConfigError, match=r"detector revision 1, torchvision's mask resize and paste \(here 2, "):
-        detection_ap(False, overrides=over, keep=tmp_path / "other", baseline_from=record)
-    for r in old["rows"]:
-        r["details"]["detector_revision"] = 2
-        r["details"]["baseline_head"]["mask_channels"] = 128
-        r["details"]["recipe_baseline"]["train"]["optimizer"]["lr"] = 0.5
-    record.write_text(json.dumps(old))
-    with pytest.raises(ConfigError, match=r"model.head.mask_channels 128 \(here 256\); the recipe's train section"):
-        detection_ap(False, overrides=over, keep=tmp_path / "other", baseline_from=record)

@@ -25,7 +25,7 @@ def test_quickstart_scores_the_test_split_at_the_end():
 
 def test_coco_recipe_keeps_torchvision_head_values():
     """The standard 1x COCO recipe states torchvision's head, not our CPU defaults, key by key."""
-    from visionkit.bench.detection import TORCHVISION_HEAD
+    from benchmarks.detection import TORCHVISION_HEAD
 
     head = load_config(Path(__file__).resolve().parents[1] / "configs" / "detection"
                        / "mask_rcnn_resnet50_fpn_coco.yaml").model.head

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 import torchvision
 
-from visionkit.bench import common
-from visionkit.bench.trainer_step import TrainerSteps, batch_for
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's benchmarks/ and visionkit
+
+from benchmarks import common
+from benchmarks.trainer_step import TrainerSteps, batch_for
 
 dev = torch.device(os.environ.get("DEV", "cuda"))
 common.SETTINGS["device"] = str(dev)

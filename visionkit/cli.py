@@ -83,16 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(check)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    p = sub.add_parser("benchmark", help="speed and memory figures side by side with baselines")
-    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute)")
-    p.add_argument("--only", metavar="NAME[,NAME]", help="run only these benchmarks (see --list)")
-    p.add_argument("--out", metavar="FILE", help="write the rows as JSON")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
-    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    p.add_argument("--baseline-from", metavar="FILE",
-                   help="detection_ap: take torchvision's side from an earlier --out JSON of the same recipe "
-                        "(checked) instead of training it")
     return parser
 
 
@@ -231,12 +221,6 @@ def cmd_data(args) -> int:
     return 0
 
 
-def cmd_benchmark(args) -> int:
-    from visionkit.bench.harness import main_args
-
-    return main_args(args)
-
-
 def cmd_export(args) -> int:
     from visionkit.export.cli import cmd_export as run
 
@@ -244,7 +228,7 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info,
-            "config": cmd_config, "data": cmd_data, "benchmark": cmd_benchmark,
+            "config": cmd_config, "data": cmd_data,
             "export": cmd_export}
 
 
@@ -282,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line
     argv = [a for a in argv if a != "--debug"]
+    if argv[:1] == ["benchmark"]:  # the harness is not part of the installed package
+        print("error: the benchmark moved out of the package: run `python tools/benchmark.py` in a checkout "
+              "of visionkit (same flags)", file=sys.stderr)
+        return 2
     parser = build_parser()
     # overrides may stand anywhere on the line, also after options (argparse stops at the first)
     args, extra = parser.parse_known_args(argv)  # usage errors exit 2 here

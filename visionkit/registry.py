@@ -82,5 +82,3 @@ DATASETS = Registry("dataset")
 #: target kind (``Task.target_kind``) -> ``builder(cfg, root) -> Source``: the ``shapes`` data set's
 #: scenes with those targets
 SHAPES_VIEWS = Registry("shapes view")
-#: name -> ``fn(quick: bool) -> list[dict]``: rows of ``tools/benchmark.py`` (see visionkit/bench)
-BENCHMARKS = Registry("benchmark")

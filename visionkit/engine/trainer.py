@@ -46,12 +46,13 @@ class Trainer:
 
     ``Trainer(cfg).fit()`` trains into a new run directory (or ``run_dir``); ``resume=True``
     continues ``run_dir`` from its newest checkpoint that verifies, ``resume=PATH`` from that one.
-    ``hooks`` are added after the built-in ones. ``test()`` scores the test split; ``close()`` (or
+    ``hooks`` are added after the built-in ones; ``loaders`` ({split: iterable of batches}) stand in
+    for the ones the config describes. ``test()`` scores the test split; ``close()`` (or
     ``with Trainer(cfg) as t:``) stops the loader workers and closes the logs.
     """
 
     def __init__(self, cfg, run_dir: str | Path | None = None, *, resume: bool | str | Path = False,
-                 hooks: list[Hook] | None = None, log=print):
+                 hooks: list[Hook] | None = None, loaders: dict | None = None, log=print):
         self.cfg = cfg
         # under torchrun: this process's rank and device (cuda:LOCAL_RANK); rank 0 speaks for all
         self.group, self.device = distributed.setup(resolve_device(cfg.train.device))
@@ -91,7 +92,7 @@ class Trainer:
         self.last_metrics: dict = {}  # the last validation's
         self.last_eval: EvalResult | None = None  # the last validate()'s, for hooks that need more
         self.eval_task = self.task  # what validation scores and checkpoints save as the model (EMA swaps it)
-        self._loaders: dict = {}
+        self._loaders: dict = dict(loaders or {})
         self._fitting = False
         self._pending, self._synced = False, True  # gradients since the last optimizer step; averaged (DDP)
         amp, self.amp_said = resolve_amp(cfg.train.amp, self.device)

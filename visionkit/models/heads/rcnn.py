@@ -38,11 +38,6 @@ from visionkit.models.heads.roi_align import FastMultiScaleRoIAlign
 from visionkit.models.necks.fpn import FPN
 
 VARIANTS = ("faster_rcnn", "mask_rcnn")
-# A new entry whenever a change to the code (not to a setting) changes what a detector learns or
-# scores, so a benchmark record from before it is not compared with a model from after it.
-REVISION_NOTES = {1: "torchvision's mask resize and paste",
-                  2: "target masks resized nearest-exact, masks pasted at sub-pixel precision"}
-DETECTOR_REVISION = max(REVISION_NOTES)
 NORMS = ("none", "batch", "group")
 
 

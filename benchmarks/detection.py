@@ -23,13 +23,9 @@ from pathlib import Path
 
 import torch
 
-from visionkit.bench import common
-from visionkit.errors import ConfigError
-from visionkit.models.heads.rcnn import DETECTOR_REVISION, REVISION_NOTES
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "detection" / "mask_rcnn_resnet18_fpn_shapes.yaml"
+CONFIG = common.ROOT / "configs" / "detection" / "mask_rcnn_resnet18_fpn_shapes.yaml"
 
 #: torchvision's maskrcnn_resnet50_fpn values for our head keys
 TORCHVISION_HEAD = {
@@ -44,8 +40,8 @@ TORCHVISION_HEAD = {
 
 def _task(root: Path, head: dict, tmp: Path):
     from visionkit.config import load_config
-    from visionkit.registry import TASKS
     from visionkit.data.datasets.synthetic import SHAPE_CLASSES
+    from visionkit.registry import TASKS
 
     over = [f"data.root={root}", "data.synth.num_images=64", "train.device=cpu"]
     over += [f"model.head.{k}={v}" for k, v in head.items()]
@@ -135,7 +131,7 @@ def detection(quick: bool, batch_size: int = 8, repeats: int | None = None) -> l
 
 
 #: epochs of each side's training run in the AP comparison (``None``: the recipe's own); on a CPU
-#: torchvision's head values train about 20x slower than ours, so the full row there is 2 epochs
+#: torchvision's head values train many times slower than ours, so the full row there is 2 epochs
 AP_EPOCHS = {"cpu": 2, "cuda": None}
 
 
@@ -144,14 +140,6 @@ def _config(head: dict, over: list[str], dev):
 
     return load_config(CONFIG, [f"train.device={dev}", "train.progress=false", *over]
                        + [f"model.head.{k}={v}" for k, v in head.items()])
-
-
-def _recipe(cfg) -> dict:
-    """A run's resolved config without the keys that name places (the data folder, the device)."""
-    tree = cfg.to_dict()
-    tree["data"].pop("root", None)
-    tree["train"].pop("device", None)
-    return json.loads(json.dumps(tree, default=str))  # as a record holds it (lists, not tuples)
 
 
 def _train_run(run_dir: Path, head: dict, over: list[str], dev) -> tuple[dict, float, int]:
@@ -172,9 +160,8 @@ def _train_run(run_dir: Path, head: dict, over: list[str], dev) -> tuple[dict, f
 
 def _both_sides(folder: Path, over: list[str], dev, at_once: bool):
     """(ours, torchvision's) :func:`_train_run` results. ``at_once`` trains torchvision's side in a
-    spawned process while ours trains here: on a GPU each run is bound by its own host process
-    (three recipe runs side by side on an H200 trained at 47-68 images/s each), so two at once
-    take about the time of the slower one; on a CPU they would only split the cores."""
+    spawned process while ours trains here: on a GPU each run is bound by its own host process,
+    so two at once take about the time of the slower one; on a CPU they would only split the cores."""
     tv_dir = folder / "torchvision_head"
     if not at_once:
         return _train_run(folder / "ours", {}, over, dev), _train_run(tv_dir, TORCHVISION_HEAD, over, dev)
@@ -184,73 +171,20 @@ def _both_sides(folder: Path, over: list[str], dev, at_once: bool):
         return ours, base.result()
 
 
-def recorded_baseline(path: Path, over: list[str], dev, recipe: dict) -> dict:
-    """The baseline side of an earlier ``detection_ap`` record (``--baseline-from FILE``), after
-    checking that it trained what this run's baseline would: the same overrides, device type and
-    torchvision head values (a key added to the head since counts as the value that reproduces
-    the model from before it, see ``DetectionTask.added_settings``), the same detector code
-    (``DETECTOR_REVISION``; a record without it is revision 1) and, where the record keeps
-    it, the same resolved recipe (``recipe``, this run's baseline's). Training torchvision's side takes 1 h 46 min on two cores;
-    reusing it lets a change to our defaults be scored in the minutes our side takes."""
-    from visionkit.tasks.detection import DetectionTask
-
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--baseline-from {path}: cannot read it as a benchmark JSON ({e})") from None
-    rows = [r for r in record.get("rows", []) if "test_metrics_baseline" in r.get("details", {})]
-    if not rows:
-        raise ConfigError(f"--baseline-from {path}: no detection_ap row with the baseline's test metrics; "
-                          "give a file that `--only detection_ap --out FILE` wrote")
-    d = rows[0]["details"]
-    problems = []
-
-    def placeless(o):
-        return [x for x in o or [] if not x.startswith("data.root=")]
-
-    if placeless(d.get("overrides")) != placeless(over):
-        problems.append(f"overrides {placeless(d.get('overrides'))} (here {placeless(over)})")
-    if str(d.get("device", "")).split(":")[0].split(" ")[0] != dev.type:
-        problems.append(f"device {d.get('device')} (here {dev.type})")
-    then = {k.rsplit(".", 1)[1]: v for k, v in DetectionTask.added_settings.items()}
-    then.update(d.get("baseline_head", {}))
-    for key, value in TORCHVISION_HEAD.items():
-        if then.get(key, "(not recorded)") != value:
-            problems.append(f"model.head.{key} {then.get(key, '(not recorded)')} (here {value})")
-    revision = d.get("detector_revision", 1)  # records from before the field: revision 1
-    if revision != DETECTOR_REVISION:
-        problems.append(f"detector revision {revision}, {REVISION_NOTES.get(revision, 'unknown')} "
-                        f"(here {DETECTOR_REVISION}, {REVISION_NOTES[DETECTOR_REVISION]})")
-    if "recipe_baseline" in d and d["recipe_baseline"] != recipe:
-        keys = [k for k in recipe if d["recipe_baseline"].get(k) != recipe[k]]
-        problems.append(f"the recipe's {', '.join(keys)} section(s)")
-    if problems:
-        raise ConfigError(f"--baseline-from {path}: its baseline trained something else: {'; '.join(problems)}; "
-                          "run without --baseline-from to train torchvision's side again")
-    # a record that reused a baseline itself passes on where that baseline was trained
-    return {"metrics": d["test_metrics_baseline"], "seconds": d.get("seconds_baseline"),
-            "epochs": d.get("epochs"),
-            "source": d.get("baseline_from", f"{path} (benchmark started {record.get('started')})"),
-            "recipe_checked": "recipe_baseline" in d and d.get("baseline_recipe_checked", True)}
-
-
 @BENCHMARKS.register("detection_ap")
 def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None = None,
-                 baseline_from: Path | None = None, at_once: bool | None = None) -> list[dict]:
+                 at_once: bool | None = None) -> list[dict]:
     """Row 5's accuracy side: test AP of the default Mask R-CNN recipe with our head defaults vs torchvision's.
 
     The recipe is trained twice from the same seed on the same scenes, with our head defaults and
     with torchvision's head values, then scored on the test split (COCO AP from each run's
     best.pt). Run only when named (``--only detection_ap``): full, it trains 2 epochs per side on
-    a CPU (1 h 52 min on the 2-core VM) and the recipe's epochs on a GPU;
-    ``--quick`` trains 1 epoch on 96 scenes. ``baseline_from`` (``--baseline-from FILE``) takes
-    torchvision's side from an earlier record of the same recipe instead (:func:`recorded_baseline`).
-    ``overrides`` (config ``key=value``) and ``keep`` (a folder for the run directories) are for
-    tests and for reading the runs afterwards. ``at_once`` (default: on a GPU) trains the two sides
+    a CPU (about two hours on two cores) and the recipe's epochs on a GPU; ``--quick`` trains 1
+    epoch on 96 scenes. ``overrides`` (config ``key=value``) and ``keep`` (a folder for the run
+    directories) are for tests and for reading the runs afterwards. ``at_once`` (default: on a GPU) trains the two sides
     side by side (:func:`_both_sides`), so the recipe's epochs on both fit in a short GPU lease;
     their times are then each measured beside the other."""
     dev = common.device()
-    baseline_from = baseline_from or common.SETTINGS.get("baseline_from")
     with common.workdir("det-ap") as tmp:
         folder = Path(keep) if keep is not None else Path(tmp)
         over = []
@@ -259,26 +193,14 @@ def detection_ap(quick: bool, overrides: tuple[str, ...] = (), keep: Path | None
         elif AP_EPOCHS.get(dev.type) is not None:
             over += [f"train.epochs={AP_EPOCHS[dev.type]}"]
         over += list(overrides)
-        recipe = _recipe(_config(TORCHVISION_HEAD, over, dev))
-        reused = recorded_baseline(Path(baseline_from), over, dev, recipe) if baseline_from else None
-        if reused:
-            ours, t_ours, epochs = _train_run(folder / "ours", {}, over, dev)
-            base, t_base = reused["metrics"], reused["seconds"]
-            if reused["epochs"] != epochs:
-                raise ConfigError(f"--baseline-from {baseline_from}: its baseline trained {reused['epochs']} "
-                                  f"epoch(s), this run {epochs}")
-            extra = {"baseline_from": reused["source"], "baseline_recipe_checked": reused["recipe_checked"]}
-        else:
-            at_once = dev.type == "cuda" if at_once is None else at_once
-            (ours, t_ours, epochs), (base, t_base, _) = _both_sides(folder, over, dev, at_once)
-            extra = {"sides_trained": "at once" if at_once else "one after the other"}
+        at_once = dev.type == "cuda" if at_once is None else at_once
+        (ours, t_ours, epochs), (base, t_base, _) = _both_sides(folder, over, dev, at_once)
     info = common.details(
         "mask_rcnn resnet18 fpn (ours: configs/detection/mask_rcnn_resnet18_fpn_shapes.yaml; baseline: the "
         "same with torchvision maskrcnn_resnet50_fpn head values)", "64 px scenes at the config's min_size",
         "the recipe's", 1, dev, epochs=epochs, overrides=over, seconds_ours=round(t_ours, 1),
-        seconds_baseline=None if t_base is None else round(t_base, 1), test_metrics_ours=ours,
-        test_metrics_baseline=base, baseline_head=TORCHVISION_HEAD,
-        recipe_baseline=recipe, detector_revision=DETECTOR_REVISION, **extra)
+        seconds_baseline=round(t_base, 1), test_metrics_ours=ours, test_metrics_baseline=base,
+        baseline_head=TORCHVISION_HEAD, sides_trained="at once" if at_once else "one after the other")
     return [common.row(f"5 detection test {k} after {epochs} epoch(s) each: our head defaults vs "
                        "torchvision's head values (same recipe, seed, scenes)",
                        ours[k], base[k], ">= 1.0", "AP", info)

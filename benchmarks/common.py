@@ -14,14 +14,23 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
 
+#: the checkout this harness belongs to (its configs, and the ``visionkit`` it times)
+ROOT = Path(__file__).resolve().parents[1]
 #: set by the harness from ``--device`` (auto: CUDA when present)
 SETTINGS = {"device": "auto"}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``python -m visionkit`` child process: this checkout first on its
+    PYTHONPATH, so the child runs the same ``visionkit`` as the harness, plus ``extra``."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def device() -> torch.device:

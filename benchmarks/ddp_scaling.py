@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from visionkit.bench import common
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
 TARGET = ">= 0.8"
 FIGURE = "9 DDP 2-process CPU scaling efficiency (images/s of 2 / 2 x 1)"
@@ -37,9 +36,7 @@ def _port() -> int:
 
 def _train(cfg: Path, run_dir: Path, batch: int, nproc: int) -> float:
     """Median images/s of one ``visionkit train`` run (``nproc`` processes, one thread each)."""
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    env = common.child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     launcher = [sys.executable, "-m", "visionkit"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
         "--master-addr", "127.0.0.1", "--master-port", str(_port()), "-m", "visionkit"]

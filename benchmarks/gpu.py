@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from visionkit.bench import common
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
 TARGET = ">= 2"
 FIGURE = "8 GPU ResNet-50 training, bf16 + channels_last vs fp32 reference"
@@ -36,7 +35,7 @@ def gpu(quick: bool) -> list[dict]:
 def compare(dev, *, size: int, batch: int, steps: int, repeats: int, with_compile: bool) -> list[dict]:
     import torchvision
 
-    from visionkit.bench.trainer_step import TrainerSteps, batch_for
+    from benchmarks.trainer_step import TrainerSteps, batch_for
 
     rows = []
     with common.workdir("gpu") as tmp:

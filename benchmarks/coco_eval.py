@@ -22,8 +22,7 @@ import time
 
 import numpy as np
 
-from visionkit.bench import common
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
 FIGURE = "6 COCO evaluation ({:,} images x 20 detections, boxes + masks) vs pycocotools COCOeval"
 TARGET = ">= 3 (every AP equal within 1e-4)"

@@ -2,7 +2,7 @@
 
 The FLOPs of one training step (forward and backward) are counted by
 ``torch.utils.flop_counter.FlopCounterMode``, which counts matmuls and convolutions, the work a
-peak figure is about; the step time is our trainer's (see :mod:`visionkit.bench.trainer_step`).
+peak figure is about; the step time is our trainer's (see :mod:`benchmarks.trainer_step`).
 The peak is the best of several large fp32 matrix products on the same device, so the ratio says
 how much of what this device can do our training step uses.
 """
@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from visionkit.bench import common
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
 TARGET = ">= 0.85"
 
@@ -43,7 +42,7 @@ def step_flops(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
 
 @BENCHMARKS.register("flops")
 def flops(quick: bool) -> list[dict]:
-    from visionkit.bench.trainer_step import TrainerSteps, batch_for
+    from benchmarks.trainer_step import TrainerSteps, batch_for
 
     dev = common.device()
     size, batch, steps, repeats = (96, 2, 1, 2) if quick else (224, 4 if dev.type == "cpu" else 64, 3, 3)

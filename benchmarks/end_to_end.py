@@ -7,8 +7,8 @@ epoch from the first batch request to the last step (validation and checkpointin
 that window). The baseline is the textbook loop on one in-memory batch of the same model, size
 and batch, run for as many steps next to each epoch -- right after it in even epochs, right
 before it in odd ones (ABBA), so neither side always runs first. Each steady epoch and its
-baseline pass, seconds apart, give one ratio; the row's ratio is the median of those pairs (this
-VM's speed drifts by about 10 % within minutes, which cancels within a pair). The ratio is what
+baseline pass, seconds apart, give one ratio; the row's ratio is the median of those pairs (a
+shared machine's speed drifts over minutes, which cancels within a pair). The ratio is what
 the input side costs on top of the model's own compute.
 """
 
@@ -17,9 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from visionkit.bench import common
+from benchmarks import BENCHMARKS, common
 from visionkit.engine.hooks import Hook
-from visionkit.registry import BENCHMARKS
 
 #: (backbone, image size, batch, train images, target)
 CASES = [("resnet18", 64, 32, 512, ">= 0.90"), ("resnet18", 224, 8, 32, ">= 0.90"),
@@ -35,29 +34,30 @@ class EpochTimer(Hook):
         self.baseline = baseline
         self.epochs: list[tuple[float, int]] = []
         self.base: list[float] = []
+        self.epoch_start = self.last_step = 0.0
+        self.epoch_images = 0
 
     def before_epoch(self, trainer) -> None:
         if trainer.epoch % 2:
             self.base.append(self.baseline(trainer))
-        self._start, self._images = time.perf_counter(), 0
+        self.epoch_start, self.epoch_images = time.perf_counter(), 0
 
     def after_step(self, trainer, logs: dict) -> None:
         common.sync(trainer.device)
-        self._images += logs["batch_size"]
-        self._last = time.perf_counter()
+        self.epoch_images += logs["batch_size"]
+        self.last_step = time.perf_counter()
 
     def after_epoch(self, trainer) -> None:
-        self.epochs.append((self._last - self._start, self._images))
+        self.epochs.append((self.last_step - self.epoch_start, self.epoch_images))
         if (trainer.epoch - 1) % 2 == 0:  # the trainer has counted the epoch already
             self.base.append(self.baseline(trainer))
 
 
 def measure(backbone: str, size: int, batch: int, train: int, epochs: int, folder: Path, dev):
+    from benchmarks.trainer_step import batch_for
     from visionkit.config import load_config
     from visionkit.engine.optim import build_optimizer
     from visionkit.engine.trainer import Trainer
-
-    from visionkit.bench.trainer_step import batch_for
 
     val = batch
     cfg_path = common.classification_config(

@@ -20,12 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-from visionkit.bench import common
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
 GIB = 2**30
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
-MASK_RCNN = Path(__file__).resolve().parents[2] / "configs" / "detection" / "mask_rcnn_resnet18_fpn_shapes.yaml"
+CONFIG = common.ROOT / "configs" / "quickstart.yaml"
+MASK_RCNN = common.ROOT / "configs" / "detection" / "mask_rcnn_resnet18_fpn_shapes.yaml"
 
 
 def _children(pid: int) -> list[int]:
@@ -88,7 +87,7 @@ def peak_memory(config: Path, overrides: list[str], run_dir: Path) -> dict:
     import torch
 
     # the child uses as many threads as this process (--threads)
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = common.child_env(OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     sampler = TreeSampler(proc.pid)
     sampler.start()

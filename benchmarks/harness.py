@@ -1,12 +1,13 @@
 """Run the registered benchmarks, print one table and write the rows as JSON.
 
-Each row compares ours with a baseline measured in the same run (see :mod:`visionkit.bench.common`)
+Each row compares ours with a baseline measured in the same run (see :mod:`benchmarks.common`)
 and states what it ran on; the JSON adds the machine, the library versions and the time.
+Run from a checkout: ``python tools/benchmark.py [--quick] [--only NAME[,NAME]] [--out FILE]``.
 """
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import json
 import os
 import platform
@@ -18,22 +19,31 @@ from pathlib import Path
 
 import torch
 
-from visionkit.bench import MODULES, ON_REQUEST, OPTIONAL, common
-from visionkit.errors import ConfigError
-from visionkit.registry import BENCHMARKS
+from benchmarks import (
+    BENCHMARKS,
+    ON_REQUEST,
+    coco_eval,
+    common,
+    ddp_scaling,
+    detection,
+    end_to_end,
+    flops,
+    gpu,
+    memory,
+    onnx_runtime,
+    pipeline,
+    trainer_step,
+)
+from visionkit.errors import ConfigError, VisionKitError
+
+#: the row modules in table order (importing them registered their benchmarks)
+ROWS = (trainer_step, end_to_end, pipeline, flops, detection, coco_eval, memory, gpu, onnx_runtime, ddp_scaling)
 
 
-def load_benchmarks() -> list[str]:
-    """Import every benchmark module (a missing optional one is skipped); the registered names."""
-    for name in MODULES:
-        module = f"visionkit.bench.{name}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if name in OPTIONAL and e.name == module:
-                continue
-            raise
-    return BENCHMARKS.names()
+def benchmark_names() -> list[str]:
+    """Every registered benchmark, in table order (a module's own benchmarks in their order)."""
+    order = [m.__name__ for m in ROWS]
+    return sorted(BENCHMARKS.names(), key=lambda n: order.index(BENCHMARKS.get(n).__module__))
 
 
 def select(names: list[str], only: str | None) -> list[str]:
@@ -120,9 +130,22 @@ def run(names: list[str], quick: bool, log=print) -> list[dict]:
     return rows
 
 
-def main_args(args) -> int:
-    """``visionkit benchmark`` (arguments parsed by visionkit.cli)."""
-    names = load_benchmarks()
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python tools/benchmark.py",
+                                     description="speed and memory figures side by side with baselines")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute)")
+    parser.add_argument("--only", metavar="NAME[,NAME]", help="run only these benchmarks (see --list)")
+    parser.add_argument("--out", metavar="FILE", help="write the rows as JSON")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a usage error")
+    return parser
+
+
+def run_args(args) -> int:
+    """List or run the benchmarks as parsed by :func:`build_parser`."""
+    names = benchmark_names()
     if args.list:
         for n in names:
             fn = BENCHMARKS.get(n)  # its own docstring when it says which row, else its module's
@@ -139,7 +162,6 @@ def main_args(args) -> int:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device '{args.device}' but no CUDA device is available; use auto or cpu")
     common.SETTINGS["device"] = args.device
-    common.SETTINGS["baseline_from"] = getattr(args, "baseline_from", None)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads is {args.threads}; give 1 or more")
@@ -159,3 +181,14 @@ def main_args(args) -> int:
         print(f"\nwrote {out}")
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tools/benchmark.py ARGS``; exit 0, or 2 with one line for a usage error."""
+    args = build_parser().parse_args(argv)  # bad flags exit 2 here
+    try:
+        return run_args(args)
+    except VisionKitError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code

@@ -3,7 +3,7 @@
 "Ours" is the real :class:`~visionkit.engine.trainer.Trainer` built from a config -- its
 ``train_one_epoch`` with the LR schedule, the finite-loss check, the grad scaler and the logging
 hook writing ``metrics.jsonl`` and TensorBoard -- with only its DataLoader swapped for
-:class:`~visionkit.bench.common.TensorBatches`, so input cost is zero on both sides and the ratio
+:class:`~benchmarks.common.TensorBatches`, so input cost is zero on both sides and the ratio
 is the loop's own overhead. The baseline trains an identical model (built by a second Trainer
 from the same config and seed) with the same optimizer in five lines.
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from visionkit.bench import common
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
 TARGET = ">= 0.97"
 #: (backbone, image size, batch, steps per timed run) of the full run; --quick runs small ones.
@@ -24,20 +23,21 @@ QUICK_CASES = [("resnet18", 32, 4, 2), ("lenet5", 32, 16, 10)]
 
 
 class TrainerSteps:
-    """A Trainer built from ``cfg_path`` whose training loader is ``steps`` copies of one batch."""
+    """A Trainer built from ``cfg_path`` whose training loader is ``steps`` copies of one batch,
+    with one hook: the metrics writer (no checkpoints, no validation: the loop's own cost)."""
 
     def __init__(self, cfg_path, run_dir, images: torch.Tensor, labels: torch.Tensor, steps: int):
         from visionkit.config import load_config
-        from visionkit.engine.hooks import LoggerHook, MetricsWriter
+        from visionkit.engine.hooks import MetricsWriter
         from visionkit.engine.trainer import Trainer
 
         cfg = load_config(cfg_path)
-        self.trainer = t = Trainer(cfg, run_dir, log=lambda *a, **k: None)
+        batches = common.TensorBatches(images, labels, steps)
+        self.trainer = t = Trainer(cfg, run_dir, loaders={"train": batches}, log=lambda *a, **k: None)
         self.images, self.labels = images.to(t.device), labels.to(t.device)
-        t._loaders["train"] = common.TensorBatches(self.images, self.labels, steps)
-        t._build_optim()
-        self.writer = MetricsWriter(t.run_dir)
-        t.hooks = [LoggerHook(self.writer, cfg.train.log_every, False)]
+        batches.images, batches.labels = self.images, self.labels
+        t.hooks = [h for h in t.hooks if isinstance(h, MetricsWriter)]
+        t.call("before_fit")  # opens the writer
 
     @property
     def model(self) -> torch.nn.Module:
@@ -50,7 +50,8 @@ class TrainerSteps:
         self.trainer.epoch += 1
 
     def close(self) -> None:
-        self.writer.close()
+        self.trainer.call("after_fit")
+        self.trainer.close()
 
 
 def batch_for(backbone: str, size: int, batch: int, dev, classes: int = 6):

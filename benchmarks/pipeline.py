@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from visionkit.bench import common
-from visionkit.registry import BENCHMARKS
+from benchmarks import BENCHMARKS, common
 
 TARGET = ">= 1.5"
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
