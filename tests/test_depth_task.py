@@ -201,7 +201,7 @@ def _assert_rims_agree(img, dep):
 def test_random_scale_keeps_depth_edges_on_the_images_edges(factor):
     """Depth is resampled at pixel centres like the image (plain 'nearest' put object rims up to
     half a pixel off, giving them the depth of the other side); values are never blended."""
-    from visionkit.data.segmentation_transforms import RandomScale
+    from visionkit.data.transforms import RandomScale
 
     _assert_rims_agree(*RandomScale((factor, factor))(*_stripes()))
 
@@ -212,7 +212,7 @@ def test_fixed_resize_keeps_depth_edges_on_the_images_edges(size, train):
     """``data.depth.resize`` (applied in training and evaluation alike) resamples depth at pixel
     centres too: v2's Resize samples masks with plain 'nearest', which at 0.8x put stripe rims on
     the wrong side of the image's edge, so the scores compared predictions with a shifted truth."""
-    from visionkit.tasks.depth import depth_transforms
+    from visionkit.data.transforms import depth_transforms
 
     class D(dict):
         __getattr__ = dict.__getitem__

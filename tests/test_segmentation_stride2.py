@@ -114,7 +114,7 @@ def test_random_scale_keeps_labels_on_the_images_edges(factor):
     are labelled as the image shows them (plain 'nearest' shifted them by up to half a pixel)."""
     from torchvision import tv_tensors
 
-    from visionkit.data.segmentation_transforms import RandomScale
+    from visionkit.data.transforms import RandomScale
 
     image = torch.zeros(1, 64, 64, dtype=torch.uint8)
     labels = torch.zeros(64, 64, dtype=torch.uint8)

@@ -44,7 +44,7 @@ def transform(meta: dict):
     if meta["task"] == "classification":
         steps = [v2.Resize(spec["resize_short_side"], antialias=True), v2.CenterCrop(spec["center_crop"])]
     elif meta["task"] == "depth":
-        from visionkit.tasks.depth import BottomCenterCrop
+        from visionkit.data.transforms.depth import BottomCenterCrop
 
         steps = ([BottomCenterCrop()] if spec.get("kb_crop") else []) + \
                 ([v2.Resize(tuple(spec["resize"]), antialias=True)] if spec.get("resize") else [])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from visionkit.data.transforms import classification_transforms
+from visionkit.data.transforms import OnImage, classification_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.accuracy import AccuracyEvaluator, MultiLabelEvaluator
 from visionkit.models.backbones.base import PoolLinear
@@ -19,18 +19,6 @@ from visionkit.registry import TASKS
 from visionkit.schema import Field
 from visionkit.tasks.base import Task
 from visionkit.visualize import denormalize
-
-
-class _OnImage:
-    """A sample transform applying ``t`` to the image (a class, not a closure, so loader workers
-    started by spawn or forkserver can receive it)."""
-
-    def __init__(self, t):
-        self.t = t
-
-    def __call__(self, sample: dict) -> dict:
-        sample["image"] = self.t(sample["image"])
-        return sample
 
 
 @TASKS.register("classification")
@@ -103,7 +91,7 @@ class ClassificationTask(Task):
             ratio=tuple(d.augment.ratio), hflip=d.augment.hflip, resize_ratio=d.augment.resize_ratio,
             normalize=False,  # batches are normalised on the device by Task.preprocess
         )
-        return _OnImage(t)
+        return OnImage(t)
 
     @classmethod
     def check_sample(cls, sample: dict, data_info: dict) -> list[str]:

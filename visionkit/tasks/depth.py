@@ -5,10 +5,8 @@ predicts depth at input resolution inside ``[data.depth.min_depth, max_depth]``.
 scoring use only the valid pixels of the ground truth (a measurement, inside the range); the
 metrics are those of :mod:`visionkit.evaluation.depth`.
 
-Joint transforms move image and depth together (``torchvision.transforms.v2`` with the depth map
-as a ``tv_tensors.Mask``, which every geometric transform resamples with *nearest*; resizes
-sample it at pixel centres, like the image): a flip, crop or rescale never invents a depth value by
-interpolation, and padding is 0 (no measurement).
+Image and depth map move together through the joint transforms of
+:mod:`visionkit.data.transforms.depth`, which never invent a depth value by interpolation.
 """
 
 from __future__ import annotations
@@ -18,13 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
-from torchvision.transforms.v2._utils import query_size
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.depth import depth_scale, write_depth_png
-from visionkit.data.segmentation_transforms import RandomScale, Resize
+from visionkit.data.transforms import depth_transforms
 from visionkit.errors import ConfigError, DataError
 from visionkit.evaluation.depth import CROPS, DepthEvaluator, valid_mask
 from visionkit.models.build import build_backbone
@@ -33,40 +28,6 @@ from visionkit.registry import TASKS
 from visionkit.schema import Field
 from visionkit.tasks.base import Task
 from visionkit.visualize import denormalize
-
-KB_CROP = (352, 1216)  # KITTI benchmark crop (Uhrig et al. 2017): the rows the LiDAR covers
-
-
-class BottomCenterCrop(v2.Transform):
-    """KITTI's benchmark crop: the bottom ``352 x 1216`` pixels, centred horizontally."""
-
-    def make_params(self, flat_inputs):
-        h, w = query_size(flat_inputs)
-        ch, cw = KB_CROP
-        if h < ch or w < cw:
-            raise DataError(f"data.depth.kb_crop needs images of at least {cw}x{ch}, got {w}x{h}")
-        return {"top": h - ch, "left": (w - cw) // 2}
-
-    def transform(self, inpt, params):
-        return TF.crop(inpt, params["top"], params["left"], *KB_CROP)
-
-
-def depth_transforms(train: bool, d, hflip: float) -> v2.Compose:
-    """``kb_crop`` -> ``resize`` -> (train: random ``scale`` -> random ``crop`` -> flip)."""
-    steps = []
-    if d.kb_crop:
-        steps.append(BottomCenterCrop())
-    if d.resize:
-        steps.append(Resize(tuple(d.resize), antialias=True))  # depth at pixel centres too
-    if train:
-        if tuple(d.scale) != (1.0, 1.0):
-            steps.append(RandomScale(d.scale))  # depth maps as labels: nearest-exact, never blended
-        if d.crop:
-            steps.append(v2.RandomCrop(tuple(d.crop), pad_if_needed=True, fill=0))
-        if hflip > 0:
-            steps.append(v2.RandomHorizontalFlip(p=hflip))
-    return v2.Compose(steps or [v2.Identity()])
-
 
 # a perceptually ordered colour map (dark purple -> orange -> pale yellow), sampled at 6 stops
 _STOPS = torch.tensor([[0, 0, 4], [59, 15, 112], [140, 41, 129], [222, 73, 104], [254, 159, 109],

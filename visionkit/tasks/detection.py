@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from visionkit.data.datasets import coco as _coco  # noqa: F401  (registers the coco data set, shapes view)
-from visionkit.data.detection_transforms import detection_transforms
+from visionkit.data.transforms import detection_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.coco import CocoEvaluator, _rle
 from visionkit.evaluation.coco_backend import BACKENDS

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision import tv_tensors
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.segmentation import parse_palette, save_palette_png
-from visionkit.data.segmentation_transforms import segmentation_transforms
+from visionkit.data.transforms import ImageAndMask, segmentation_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.miou import MIoUEvaluator
 from visionkit.models.backbones.base import BackboneBuildError
@@ -37,22 +36,6 @@ def label_boundaries(target: torch.Tensor) -> torch.Tensor:
     t = target.unsqueeze(1).float()
     pad = F.pad(t, (1, 1, 1, 1), mode="replicate")
     return (F.max_pool2d(pad, 3, 1) != -F.max_pool2d(-pad, 3, 1)).squeeze(1)
-
-
-class _ImageAndMask:
-    """A sample transform applying ``t`` to the image and its label map together (a class, not a
-    closure, so loader workers started by spawn or forkserver can receive it)."""
-
-    def __init__(self, t):
-        self.t = t
-
-    def __call__(self, sample: dict) -> dict:
-        if "semantic" in sample:  # Mask, so v2 resizes it with nearest and pads it with ignore
-            sample["image"], sample["semantic"] = self.t(tv_tensors.Image(sample["image"]),
-                                                         tv_tensors.Mask(sample["semantic"]))
-        else:  # predict: an image alone
-            sample["image"] = self.t(sample["image"])
-        return sample
 
 
 @TASKS.register("segmentation")
@@ -189,7 +172,7 @@ class SegmentationTask(Task):
         d, s = cfg.data, cfg.data.segmentation
         t = segmentation_transforms(train, crop_size=d.image_size, ignore_index=cfg.model.head.ignore_index,
                                     scale=s.scale, base_size=s.base_size, hflip=d.augment.hflip)
-        return _ImageAndMask(t)
+        return ImageAndMask(t)
 
     # -- model -------------------------------------------------------------------------------------
     def preprocess(self, batch: dict) -> dict:

@@ -31,7 +31,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from visionkit.data.segmentation_transforms import resize_masks
+from visionkit.data.transforms.segmentation import resize_masks
 from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec
 from visionkit.models.backbones.base import norm_layer as backbone_norm_layer
 from visionkit.models.heads.roi_align import FastMultiScaleRoIAlign
