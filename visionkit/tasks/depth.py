@@ -12,10 +12,10 @@ Image and depth map move together through the joint transforms of
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.depth import depth_scale, write_depth_png
@@ -23,7 +23,8 @@ from visionkit.data.transforms import depth_transforms
 from visionkit.errors import ConfigError, DataError
 from visionkit.evaluation.depth import CROPS, DepthEvaluator, valid_mask
 from visionkit.models.build import build_backbone
-from visionkit.models.heads.depth import DECODERS, LOSSES, DepthHead, depth_loss
+from visionkit.models.heads.depth import DepthSettings, depth_loss
+from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
 from visionkit.schema import Field
 from visionkit.tasks.base import Task
@@ -49,16 +50,8 @@ def colorize(values: torch.Tensor, lo: float, hi: float, invalid: torch.Tensor |
 class DepthTask(Task):
     monitor = ("abs_rel", "min")
 
-    @classmethod
-    def head_schema(cls) -> dict:
-        return {
-            "decoder": Field(str, "unet", choices=DECODERS, help="unet: skip connections; fpn: pyramid sum"),
-            "channels": Field(int, 32, min=4, help="decoder width at stride 4 (doubles deeper, up to 4x)"),
-            "loss": Field(str, "silog", choices=LOSSES),
-            "silog_lambda": Field(float, 0.85, min=0, max=1, help="1: fully scale invariant"),
-            "silog_scale": Field(float, 10.0, min=0),
-            "berhu_threshold": Field(float, 0.2, min=0, max=1, help="c = threshold * max |error|"),
-        }
+    settings = DepthSettings
+    renamed_head_keys: ClassVar[dict[str, str]] = {"decoder": "name"}
 
     @classmethod
     def data_schema(cls) -> dict:
@@ -86,20 +79,19 @@ class DepthTask(Task):
             "average": Field(str, "image", choices=("image", "pixel"), help="metric averaging"),
         }}
 
-    def __init__(self, backbone, *, decoder="unet", channels=32, loss="silog", silog_lambda=0.85,
-                 silog_scale=10.0, berhu_threshold=0.2, min_depth=1e-3, max_depth=10.0,
+    def __init__(self, backbone, settings: DepthSettings | None = None, *, min_depth=1e-3, max_depth=10.0,
                  depth_scale=1000.0, eval_crop="none", median_scaling=False, average="image",
                  in_channels=3, mean=(0.0,), std=(1.0,)):
         super().__init__()
+        s = settings or DepthSettings()
         self.backbone = backbone
-        self.head = DepthHead(backbone.feature_specs, in_channels, decoder=decoder, channels=channels,
-                              min_depth=min_depth, max_depth=max_depth)
-        self.loss_name, self.silog_lambda, self.silog_scale = loss, silog_lambda, silog_scale
-        self.berhu_threshold = berhu_threshold
+        self.head = build_head("depth", s.name, backbone.feature_specs, in_channels, channels=s.channels,
+                               min_depth=min_depth, max_depth=max_depth)
+        self.loss_name, self.silog_lambda, self.silog_scale = s.loss, s.silog_lambda, s.silog_scale
+        self.berhu_threshold = s.berhu_threshold
         self.min_depth, self.max_depth, self.depth_scale = min_depth, max_depth, depth_scale
         self.eval_crop, self.median_scaling, self.average = eval_crop, median_scaling, average
-        self.mean, self.std = list(mean), list(std)
-        self.set_normalization(self.mean, self.std)
+        self.set_normalization(mean, std)
 
     @classmethod
     def check_sample(cls, sample: dict, data_info: dict) -> list[str]:
@@ -119,7 +111,7 @@ class DepthTask(Task):
 
     @classmethod
     def from_config(cls, cfg, data_info: dict) -> "DepthTask":
-        h, d = cfg.model.head, cfg.data.depth
+        d = cfg.data.depth
         if not 0 < d.min_depth < d.max_depth:
             raise ConfigError(f"{cfg.where('data.depth')}: data.depth.min_depth ({d.min_depth}) must be > 0 "
                               "and below "
@@ -127,9 +119,7 @@ class DepthTask(Task):
         if d.scale[0] > d.scale[1]:
             raise ConfigError(f"{cfg.where('data.depth.scale')}: data.depth.scale must be [min, max] "
                               "with min <= max")
-        return cls(build_backbone(cfg), decoder=h.decoder, channels=h.channels, loss=h.loss,
-                   silog_lambda=h.silog_lambda, silog_scale=h.silog_scale, berhu_threshold=h.berhu_threshold,
-                   min_depth=d.min_depth, max_depth=d.max_depth, depth_scale=depth_scale(cfg),
+        return cls(build_backbone(cfg), cls.head_settings(cfg), min_depth=d.min_depth, max_depth=d.max_depth, depth_scale=depth_scale(cfg),
                    eval_crop=d.eval_crop, median_scaling=d.median_scaling, average=d.average,
                    in_channels=cfg.data.channels, mean=cfg.data.mean, std=cfg.data.std)
 
@@ -216,10 +206,7 @@ class DepthTask(Task):
             tiles.extend(row)
         ncol = 4 if targets is not None else 2
         grid = make_grid(tiles, nrow=ncol, padding=2)
-        factor = max(1, 128 // images.shape[-1])
-        if factor > 1:
-            grid = F.interpolate(grid[None].float(), scale_factor=factor, mode="nearest")[0].to(torch.uint8)
-        return grid[None]
+        return self.zoom(grid, self.zoom_factor(images.shape[-1]))[None]
 
     def metadata(self) -> dict:
         return {"classes": [], "min_depth": self.min_depth, "max_depth": self.max_depth,
