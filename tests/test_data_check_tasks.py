@@ -9,10 +9,7 @@ import torch
 from torchvision import tv_tensors
 
 from visionkit.cli import main
-from visionkit.registry import TASKS
-from visionkit.schema import register_builtins
-
-register_builtins()
+from visionkit.registry import TASKS  # filled by `import visionkit` (visionkit/registrations.py)
 
 CLASSES = {"classes": ["background", "a", "b"]}
 

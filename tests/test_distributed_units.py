@@ -108,7 +108,6 @@ def test_learning_rate_scaling_is_opt_in_and_follows_the_global_batch(tiny_cfg, 
                       "train.accumulate": 2, "train.optimizer.lr": 0.01})
     said = []
     trainer = Trainer(cfg, tmp_path / "run", log=said.append)
-    trainer._build_optim()
     assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([0.01 * factor] * 2)
     assert trainer.scheduler.base_lrs == pytest.approx([0.01 * factor] * 2)
     assert any("global batch of 64" in s for s in said) == (rule != "none")

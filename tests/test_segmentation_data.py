@@ -164,6 +164,17 @@ def test_folder_needs_class_names_and_a_free_ignore_value(tmp_path):
         build_source(load_config(write_config(tmp_path, {"dataset": "segmentation_folder", "root": str(tmp_path)})))
 
 
+def test_folder_of_label_maps_refuses_a_task_that_reads_other_targets(tmp_path):
+    """A depth config naming segmentation_folder is told what the data set holds, in one line (its
+    config has no data.segmentation section to read, so the check comes first)."""
+    path = tmp_path / "depth.yaml"
+    path.write_text(yaml.safe_dump({"task": "depth", "data": {"dataset": "segmentation_folder",
+                                                              "root": str(tmp_path)}}))
+    with pytest.raises(ConfigError, match="'segmentation_folder' holds label maps .* not the depth targets "
+                                          "of task 'depth'"):
+        build_source(load_config(path))
+
+
 def test_train_transform_moves_image_and_labels_together_and_pads_with_ignore():
     torch.manual_seed(0)
     t = segmentation_transforms(True, crop_size=48, ignore_index=255, scale=(0.5, 0.5), hflip=1.0)

@@ -7,11 +7,9 @@
     trainer.test()
 """
 
+from visionkit import registrations  # noqa: F401  (every built-in task, backbone, data set, ...)
 from visionkit.config import Config, load_config
 from visionkit.engine.trainer import Trainer
-
-# importing the task modules registers them (the schema needs the task names)
-from visionkit.tasks import classification as _classification  # noqa: F401,E402
 
 __all__ = ["Config", "Trainer", "load_config"]
 __version__ = "0.1.0"

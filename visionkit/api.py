@@ -10,22 +10,27 @@ import torch
 from torchvision.io import ImageReadMode
 from torchvision.utils import save_image
 
-from visionkit.config import Config, load_config
+from visionkit.config import Config, as_config
 from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, is_image, read_image
-from visionkit.engine.checkpoint import load_checkpoint
-from visionkit.engine.trainer import Trainer, resolve_device
-from visionkit.errors import CheckpointError, DataError
+from visionkit.data.build import build_datasets, build_loader, build_source
+from visionkit.engine import distributed
+from visionkit.engine.evaluate import evaluate as run_evaluation
+from visionkit.engine.loading import load_weights, task_from_checkpoint
+from visionkit.engine.runtime import (AMP_DTYPES, autocast, prepare_task, resolve_amp, resolve_device, seed_everything,
+                                      stop_workers)
+from visionkit.engine.trainer import Trainer
+from visionkit.errors import ConfigError, DataError
 from visionkit.registry import TASKS
 
 
 def _cfg(config: str | Path | Config, overrides: Iterable[str] = ()) -> Config:
-    return config if isinstance(config, Config) else load_config(config, list(overrides))
+    return as_config(config, overrides)
 
 
 def train(config, overrides: Sequence[str] = (), run_dir=None, resume=False, log=print) -> Trainer:
-    """Train a model from a config; returns the finished Trainer (``trainer.run_dir`` has it all)."""
-    trainer = Trainer(_cfg(config, overrides), run_dir, resume=resume, log=log)
-    trainer.fit()
+    """Train a model from a config; returns the finished, closed Trainer (``trainer.run_dir`` has it all)."""
+    with Trainer(_cfg(config, overrides), run_dir, resume=resume, log=log) as trainer:
+        trainer.fit()
     return trainer
 
 
@@ -33,25 +38,45 @@ def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Seq
              log=print) -> tuple[dict, dict, Path]:
     """Score ``checkpoint`` on ``split``; writes the metrics and details as JSON.
 
-    The JSON goes to ``output`` or, by default, ``eval_<split>.json`` beside the run's checkpoints.
+    The samples of ``split`` are those of the run's ``split.json`` when the checkpoint sits in a
+    run directory. The JSON goes to ``output`` or, by default, ``eval_<split>.json`` beside the
+    run's checkpoints.
     """
     cfg = _cfg(config, overrides)
-    trainer = Trainer(cfg, checkpoint=checkpoint, splits=(split,), log=log)
+    group, device = distributed.setup(resolve_device(cfg.train.device))
+    log = log if group.is_main else (lambda *a, **k: None)
+    seed_everything(cfg.train.seed)
+    source = build_source(cfg)
+    task_cls = TASKS.get(cfg.task)
+    task = task_cls.from_config(cfg, {**source.info, "classes": source.classes})
+    channels_last = prepare_task(task, cfg, device)
+    load_weights(task, checkpoint, cfg, source.classes)
+    run_dir = Path(checkpoint).parent.parent
+    split_dir = run_dir if (run_dir / "split.json").exists() else None
+    if split_dir is None:
+        log(f"note: no split.json in '{run_dir}'; splitting the data with data.split.seed")
+    data = group.main_first(lambda: build_datasets(cfg, task_cls, split_dir, (split,), source=source)[0])
+    if split not in data:
+        raise ConfigError(f"the data set has no '{split}' split (check data.split.ratios)")
+    loader = build_loader(data[split], cfg, False, device, **distributed.loader_args(len(data[split]), cfg, False, group))
+    dtype = AMP_DTYPES.get(resolve_amp(cfg.train.amp, device)[0])
     try:
-        metrics, details = trainer.evaluate(split, with_details=True)
+        result = run_evaluation(task, loader, task.evaluator(), device, channels_last=channels_last, group=group,
+                                autocast=lambda: autocast(device, dtype), log=log, split=split)
     finally:
-        trainer.close()
-    out = Path(output) if output else Path(checkpoint).parent.parent / f"eval_{split}.json"
-    if not trainer.group.is_main:  # under torchrun rank 0 holds the reduced results and writes them
-        return metrics, details, out
+        stop_workers(loader)
+    details = result.evaluator.details()
+    out = Path(output) if output else run_dir / f"eval_{split}.json"
+    if not group.is_main:  # under torchrun rank 0 holds the reduced results and writes them
+        return result.metrics, details, out
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": str(checkpoint), "split": split, "samples": len(trainer.datasets[split]),
-              "metrics": metrics, **details}
-    files = trainer.last_evaluator.write(out.parent, split)  # e.g. a COCO results json
+    record = {"checkpoint": str(checkpoint), "split": split, "samples": len(data[split]),
+              "metrics": result.metrics, **details}
+    files = result.evaluator.write(out.parent, split)  # e.g. a COCO results json
     if files:
         record["files"] = [str(f) for f in files]
     out.write_text(json.dumps(record, indent=2))
-    return metrics, details, out
+    return result.metrics, details, out
 
 
 def list_images(inputs: Iterable[str | Path]) -> list[Path]:
@@ -81,27 +106,13 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def load_task(cfg: Config, checkpoint) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the task a checkpoint was trained as, without reading any data set."""
-    state = load_checkpoint(checkpoint)
-    meta = state.get("meta", {})
-    if meta.get("task") != cfg.task or meta.get("backbone") != cfg.model.backbone.name:
-        raise CheckpointError(
-            f"checkpoint '{checkpoint}' holds a {meta.get('task')} model on {meta.get('backbone')}, "
-            f"but the config builds {cfg.task} on {cfg.model.backbone.name}; use the checkpoint's own config"
-        )
-    task = TASKS.get(cfg.task).from_config(cfg, dict(meta))  # classes, and what the task saved
-    task.load_state_dict(state["model"])
-    return task.eval(), meta
-
-
 def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: Sequence[str] = (),
             log=print) -> list[dict]:
     """Predict every input image; prints one line each and, with ``out_dir``, writes drawings and
     ``predictions.json``."""
     cfg = _cfg(config, overrides)
     device = resolve_device(cfg.train.device)
-    task, _ = load_task(cfg, checkpoint)
+    task, _ = task_from_checkpoint(cfg, checkpoint)
     task.to(device)
     transform = type(task).sample_transform(cfg, train=False)
     mode = ImageReadMode.GRAY if cfg.data.channels == 1 else ImageReadMode.RGB

@@ -162,9 +162,6 @@ def cmd_predict(args) -> int:
 
 def cmd_info(args) -> int:
     from visionkit.registry import BACKBONES, DATASETS, TASKS
-    from visionkit.schema import register_builtins
-
-    register_builtins()  # every task and data set, not only those the backbones' import brings
 
     if args.models:
         from visionkit.models.stats import model_stats

@@ -17,6 +17,7 @@ import yaml
 
 from visionkit.errors import ConfigError
 from visionkit.registry import close_matches
+from visionkit.schema import flatten, validate  # noqa: F401  (flatten: also read from here)
 
 CMDLINE = "command line"
 
@@ -201,8 +202,6 @@ class Config(dict):
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Load ``path`` with its ``_base_`` chain, apply ``key=value`` overrides, validate, fill defaults."""
-    from visionkit.schema import validate  # the schema imports the registries (and so the models)
-
     path, overrides = Path(path), list(overrides)
     origins: dict[str, str] = {}
     raw = _load_tree(path, origins)
@@ -215,12 +214,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     return Config(resolved, source=str(path), origins=origins)
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict:
-    """A nested mapping as ``{"dotted.key": leaf}`` (a config's values, or a schema's Fields)."""
-    out = {}
-    for k, v in tree.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
-    return out
+def as_config(config: str | Path | Config, overrides: Iterable[str] = ()) -> Config:
+    """``config`` itself when it is a :class:`Config`, else the file loaded with ``overrides``."""
+    return config if isinstance(config, Config) else load_config(config, list(overrides))
 
 
 def suggestion(key: str, valid: Iterable[str]) -> str:

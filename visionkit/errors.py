@@ -19,3 +19,17 @@ class DataError(VisionKitError):
 
 class CheckpointError(VisionKitError):
     """A checkpoint is missing, corrupt or belongs to another model; the message names the path."""
+
+
+class NonFiniteLossError(VisionKitError):
+    """The loss became NaN or Inf; nothing holding it was saved."""
+
+
+class TrainingInterrupted(VisionKitError):
+    """SIGTERM or SIGINT stopped the run after a checkpoint was saved; ``--resume`` continues it."""
+
+    exit_code = 130
+
+
+class RunDirInUse(VisionKitError):
+    """Another process is training in the run directory; the message names it."""

@@ -81,8 +81,8 @@ NECKS = Registry("neck")
 HEADS = Registry("head")
 TASKS = Registry("task")
 DATASETS = Registry("dataset")
-EVALUATORS = Registry("evaluator")
-#: task name -> ``builder(cfg, root) -> Source``: what the ``shapes`` data set gives each task
+#: target kind (``Task.target_kind``) -> ``builder(cfg, root) -> Source``: the ``shapes`` data set's
+#: scenes with those targets
 SHAPES_VIEWS = Registry("shapes view")
 #: name -> ``fn(quick: bool) -> list[dict]``: rows of ``tools/benchmark.py`` (see visionkit/bench)
 BENCHMARKS = Registry("benchmark")

@@ -9,11 +9,10 @@ file that set the key (from the ``_base_`` chain or the command line).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from visionkit.config import flatten
 from visionkit.errors import ConfigError
 from visionkit.registry import BACKBONES, DATASETS, TASKS, close_matches
 
@@ -36,6 +35,14 @@ class Field:
 
     def allowed(self) -> Sequence[str] | None:
         return self.choices() if callable(self.choices) else self.choices
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+    """A nested mapping as ``{"dotted.key": leaf}`` (a config's values, or a schema's Fields)."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
 
 
 def _describe(t: Any) -> str:
@@ -226,6 +233,13 @@ def base_schema() -> dict:
             "max_nonfinite_steps": Field(int, 5, min=1,
                                          help="with on_nonfinite skip: stop after this many in a row"),
             "early_stopping": Field(int, None, nullable=True, min=1, help="patience in validations"),
+            "ema": {
+                "decay": Field(float, None, nullable=True, min=0, max=1,
+                               help="an exponential moving average of the weights, evaluated and saved as the "
+                                    "model (e.g. 0.999); null: off"),
+                "every": Field(int, 1, min=1, help="update the average every N optimizer steps"),
+                "warmup": Field(bool, False, help="ramp the decay up as min(decay, (1 + n) / (10 + n))"),
+            },
             "final_test": Field(bool, False, help="score the test split once training ends"),
             "log_every": Field(int, 10, min=1),
             "vis_images": Field(int, 16, min=0),
@@ -234,19 +248,8 @@ def base_schema() -> dict:
     }
 
 
-def register_builtins() -> None:
-    """Import the modules whose import registers the built-in tasks, backbones and datasets."""
-    import visionkit.data.datasets.sources  # noqa: F401
-    import visionkit.models.backbones  # noqa: F401
-    import visionkit.tasks.classification  # noqa: F401
-    import visionkit.tasks.depth  # noqa: F401
-    import visionkit.tasks.segmentation  # noqa: F401
-    import visionkit.tasks.detection  # noqa: F401
-
-
 def validate(raw: dict, origins: dict, default_file: str) -> dict:
     """Check ``raw`` against the schema of its task and return it with every default filled in."""
-    register_builtins()
     schema = base_schema()
     # the task decides which head keys exist, so check it first
     task = raw.get("task", schema["task"].default)

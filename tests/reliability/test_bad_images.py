@@ -157,7 +157,7 @@ def test_skip_in_evaluation_names_and_counts_the_bad_samples(make_config, bad_ro
     val = trainer.datasets["val"]
     in_val = sorted(p for p in bad.values() if p in {val.base.samples[i][0] for i in val.indices})
     assert in_val, "the split put no bad file into val; pick another split seed"
-    metrics = trainer.evaluate("val")
+    metrics = trainer.validate("val")
     assert metrics["bad_samples"] == len(in_val)
     logged = {r["path"] for r in read_jsonl(tmp_path / "e" / "bad_samples.jsonl")}
     assert set(in_val) <= logged

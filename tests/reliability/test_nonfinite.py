@@ -42,8 +42,8 @@ def test_deferred_loss_reads_stop_at_the_same_step_before_any_checkpoint(tiny_cf
     # checkpoint due after step 4 (checkpoint_every_steps 2) is never written with it
     cfg = tiny_cfg(**{"train.epochs": 1, "train.log_every": 5, "train.checkpoint_every_steps": 4})
     trainer = Trainer(cfg, tmp_path / "r", log=lambda *a: None)
-    assert trainer.defer_reads is False  # CPU: read at once
-    trainer.defer_reads = True
+    assert trainer.losses.deferred is False  # CPU: read at once
+    trainer.losses.deferred = True
     nan_at(trainer, {4})
     with pytest.raises(NonFiniteLossError, match=r"epoch 1 step 3 \(loss_ce=nan\)"):
         trainer.fit()
@@ -56,7 +56,7 @@ def test_deferred_loss_reads_log_and_train_exactly_as_reading_at_once(tiny_cfg, 
         # a mid-epoch checkpoint every 3 steps reads the losses inside a log window
         trainer = Trainer(tiny_cfg(**{"train.epochs": 2, "train.log_every": 4, "train.checkpoint_every_steps": 3}),
                           tmp_path / str(defer), log=lambda *a: None)
-        trainer.defer_reads = defer
+        trainer.losses.deferred = defer
         trainer.fit()
         rows = [r for r in read_jsonl(tmp_path / str(defer) / "metrics.jsonl") if r["split"] == "train"]
         runs[defer] = ([(r["step"], round(r["loss"], 5), r["lr"]) for r in rows], trainer.task.state_dict())

@@ -23,7 +23,6 @@ TARGET = ">= 1.3"
 
 def _model(folder: Path, size: int):
     from visionkit import load_config
-    from visionkit.export.graph import build_graph
     from visionkit.registry import TASKS
 
     path = common.classification_config(folder, backbone="resnet18", image_size=size, batch=1,
@@ -31,7 +30,7 @@ def _model(folder: Path, size: int):
     cfg = load_config(path)
     torch.manual_seed(0)
     task = TASKS.get("classification").from_config(cfg, {"classes": [f"c{i}" for i in range(10)]}).eval()
-    return cfg, task, build_graph(task, "classification", normalize=False)
+    return cfg, task, task.export_graph(normalize=False)
 
 
 def _rate(fn, images: torch.Tensor, runs: int) -> float:
@@ -55,11 +54,11 @@ def onnx_runtime(quick: bool) -> list[dict]:
     with common.workdir("onnx") as tmp:
         folder = Path(tmp)
         cfg, task, graph = _model(folder, size)
-        names = graphs.output_names("classification", task)
+        names = task.export_output_names()
         example = torch.randn(2, 3, size, size)
         out = folder / "resnet18.onnx"
-        meta = graphs.metadata(cfg, task, "classification", names, example.shape, False, True, 17)
-        formats.write_onnx(graph, example, out, names, graphs.dynamic_axes("classification", names, True), meta, 17)
+        meta = graphs.metadata(cfg, task, names, example.shape, False, True, 17)
+        formats.write_onnx(graph, example, out, names, task.export_dynamic_axes(names, True), meta, 17)
         runner = formats.Runner(out, "onnx", threads=torch.get_num_threads())
 
         def eager(x):

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from visionkit.data.collate import collate_samples
 from visionkit.data.splits import load_split, save_split, stratified_split
 from visionkit.errors import DataError
-from visionkit.registry import DATASETS
+from visionkit.registry import DATASETS, TASKS
 
 SPLITS = ("train", "val", "test")
 
@@ -115,8 +115,8 @@ class SplitView(Dataset):
         gen = torch.default_generator  # the CPU generator the v2 transforms draw from
         state = gen.get_state()
         try:
-            # gen.manual_seed, not torch.manual_seed: the latter also reseeds every accelerator
-            # and costs 100x more, per sample
+            # gen.manual_seed, not torch.manual_seed: the latter also reseeds every accelerator,
+            # far dearer per sample
             gen.manual_seed(sample_seed(self.seed, epoch, index))
             out = self.transform(sample)
         finally:
@@ -196,9 +196,13 @@ class EpochSampler(Sampler):
 
 
 def build_source(cfg) -> Source:
-    import visionkit.data.datasets.sources  # noqa: F401  (registers the dataset sources)
-
     return DATASETS.get(cfg.data.dataset)(cfg)
+
+
+def target_kind(cfg) -> str:
+    """The targets the config's task reads from each sample (``Task.target_kind``): a data reader
+    serves them, or refuses the task by what it reads, never by the task's name."""
+    return TASKS.get(cfg.task).target_kind(cfg)
 
 
 def split_meta(cfg, source: Source) -> dict:

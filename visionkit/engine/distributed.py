@@ -283,11 +283,11 @@ class LossForward(nn.Module):
         return self.task.loss(batch)
 
 
-def wrap_for_training(task: nn.Module, group: Group, device: torch.device, sync_bn: bool) -> Callable:
-    """The callable the training step computes losses with: ``task.loss`` alone in one process,
-    else the task under DistributedDataParallel (with SyncBN when asked)."""
+def wrap_for_training(task: nn.Module, group: Group, device: torch.device, sync_bn: bool) -> nn.Module | None:
+    """Under torchrun, the task's loss under DistributedDataParallel (with SyncBN when asked),
+    which the training step calls instead of ``task.loss``; None in one process."""
     if not group.enabled:
-        return task.loss
+        return None
     # train.sync_bn, or model.backbone.norm: sync_batch (torch's SyncBatchNorm, which DDP refuses on CPU)
     if sync_bn or any(isinstance(m, nn.SyncBatchNorm) for m in task.modules()):
         from visionkit.engine.sync_bn import convert_sync_batchnorm

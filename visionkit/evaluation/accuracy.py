@@ -6,10 +6,8 @@ from __future__ import annotations
 import torch
 
 from visionkit.evaluation.base import Evaluator, interleave
-from visionkit.registry import EVALUATORS
 
 
-@EVALUATORS.register("accuracy")
 class AccuracyEvaluator(Evaluator):
     """Single-label scores from a confusion matrix (rows: true class, columns: predicted)."""
 
@@ -78,7 +76,6 @@ def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float | 
     return float((envelope * tp).sum() / npos)
 
 
-@EVALUATORS.register("multi_label")
 class MultiLabelEvaluator(Evaluator):
     """Multi-label scores at a 0.5 probability threshold, plus threshold-free mAP."""
 

@@ -3,8 +3,8 @@
 ``faster-coco-eval`` re-implements COCOeval's per-image matching (``evaluateImg``) and
 ``accumulate`` in C++ and keeps pycocotools' ``_prepare``/``computeIoU``/``summarize`` logic; on
 the same inputs it gives the same 12 summary numbers and the same precision table (checked in
-``tests/test_coco_fast.py`` against pycocotools and measured in benchmark row 6), several times
-faster because pycocotools spends most of its time in those two Python loops.
+``tests/test_coco_fast.py`` against pycocotools), several times faster because pycocotools
+spends most of its time in those two Python loops.
 
 ``auto`` takes faster-coco-eval when it is installed and pycocotools otherwise, so a missing
 optional package never changes a number, only the time it takes. Both sides are fed the same
@@ -66,7 +66,7 @@ def _chunked(fn, rles: list[dict]) -> np.ndarray:
 def _load_results(gt, coco_cls, mask_api, results: list[dict], iou_type: str):
     """What ``gt.loadRes(results)`` builds for box or mask results, with the masks' areas and
     boxes worked out in one call over all of them instead of one call per result (loadRes's
-    Python loop over the mask API took a quarter of the fast backend's time).
+    Python loop over the mask API would otherwise be a large share of the fast backend's time).
 
     As loadRes: ids 1..N in order, ``iscrowd`` 0, ``area`` the box's (bbox) or the mask's
     (segm, whose box is the mask's bounding box), the ground truth's images and categories.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 
 from visionkit.evaluation.base import Evaluator
-from visionkit.registry import EVALUATORS
 
 
 def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int,
@@ -53,7 +52,6 @@ def scores_from_confusion(cm: torch.Tensor) -> tuple[dict[str, float], list[floa
     return out, per_class
 
 
-@EVALUATORS.register("miou")
 class MIoUEvaluator(Evaluator):
     """Accumulates ``batch["semantic"]`` against ``predictions["labels"]`` (tensors of the same
     size, or lists of them for images of different sizes)."""

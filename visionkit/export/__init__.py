@@ -1,8 +1,9 @@
 """Export trained models to ONNX and TorchScript, prove they compute what PyTorch computes, and run
 exported ONNX files without the training config.
 
-- :mod:`visionkit.export.graph`: each task wrapped as a module of plain tensors in, tuple of tensors
-  out, with its input/output names, dynamic axes, preprocessing and the metadata a user needs.
+- each task exports itself (``Task.export_graph``: plain tensors in, a tuple of tensors out, with
+  its output names, dynamic axes and preprocessing; see ``visionkit/tasks/base.py``);
+- :mod:`visionkit.export.graph`: the metadata a user needs, written into the file and read back.
 - :mod:`visionkit.export.formats`: writing and loading ONNX (``metadata_props``) and TorchScript
   (``_extra_files``) files, and a common runner for both.
 - :mod:`visionkit.export.verify`: compare an exported file with PyTorch eager on the config's images.

@@ -7,8 +7,9 @@ element by element: it passes when ``|exported - eager| <= atol + rtol * |eager|
 (``numpy.allclose``'s rule) and integer outputs (detection labels) are equal. Printed per output:
 the max absolute error and the max relative error ``max|exported - eager| / max|eager|``.
 
-A dynamic export is checked at batch 1 and at batch ``samples`` through the same file, and -- for
-the tasks whose graph takes any image size (segmentation, depth, detection) -- at a second size.
+A dynamic export is checked at batch 1 and at batch ``samples`` through the same file (one image at
+a time for a graph of batch 1), and -- for the tasks whose graph takes any image size
+(``Task.export_any_size``) -- at a second size.
 """
 
 from __future__ import annotations
@@ -101,18 +102,19 @@ def compare(case: str, names: list[str], got: list[torch.Tensor], want: list[tor
     return checks
 
 
-def cases(task_name: str, images: list[torch.Tensor], dynamic: bool, export_size) -> list[tuple[str, list]]:
-    """(description, list of uint8 images of one size) for every run the verification makes."""
+def cases(task, images: list[torch.Tensor], dynamic: bool, export_size) -> list[tuple[str, list]]:
+    """(description, list of uint8 images of one size) for every run the verification makes of
+    ``task``'s graph (its ``export_single_image`` and ``export_any_size`` say which)."""
     same = [im for im in images if tuple(im.shape[-2:]) == tuple(export_size)]
     out: list[tuple[str, list]] = []
     h, w = export_size
-    if task_name == "detection" or not dynamic:
+    if task.export_single_image or not dynamic:
         out += [(f"image {i} {h}x{w} batch 1", [im]) for i, im in enumerate(same)]
     else:
         out.append((f"image 0 {h}x{w} batch 1", same[:1]))
         if len(same) > 1:
             out.append((f"images {h}x{w} batch {len(same)}", same))
-    if dynamic and task_name != "classification":
+    if dynamic and task.export_any_size:
         # sample images of other sizes (real data sets), one by one
         out += [(f"image {i} {im.shape[-2]}x{im.shape[-1]} batch 1", [im]) for i, im in enumerate(images)
                 if tuple(im.shape[-2:]) != tuple(export_size)]
@@ -120,26 +122,27 @@ def cases(task_name: str, images: list[torch.Tensor], dynamic: bool, export_size
         size = (h + 32, w + 32)
         grown = [F.interpolate(im[None].float(), size=size, mode="bilinear", align_corners=False)[0]
                  .round().clamp(0, 255).to(torch.uint8) for im in same[:2]]
-        if task_name == "detection":
+        if task.export_single_image:
             out.append((f"image 0 {size[0]}x{size[1]} batch 1", grown[:1]))
         else:
             out.append((f"images {size[0]}x{size[1]} batch {len(grown)}", grown))
     return out
 
 
-def verify(runner, graph, task_name: str, names: list[str], images: list[torch.Tensor], mean, std,
+def verify(runner, graph, task, names: list[str], images: list[torch.Tensor], mean, std,
            normalize_in_graph: bool, dynamic: bool, export_size, atol: float = DEFAULT_ATOL,
            rtol: float = DEFAULT_RTOL, log=print) -> list[Check]:
-    """Run every case through ``runner`` (the exported file) and ``graph`` (eager); log one line per
-    output; raise :class:`VerificationError` when any is outside the tolerance."""
+    """Run every case through ``runner`` (the exported file) and ``graph`` (``task``'s export graph,
+    eager); log one line per output; raise :class:`VerificationError` when any is outside the
+    tolerance."""
     checks: list[Check] = []
-    runs = [c for c in cases(task_name, images, dynamic, export_size) if c[1]]
+    runs = [c for c in cases(task, images, dynamic, export_size) if c[1]]
     if not runs:
         sizes = sorted({tuple(im.shape[-2:]) for im in images})
         raise DataError(f"none of the {len(images)} sample images has the export's size {list(export_size)} "
                         f"(they are {sizes[:3]}); export with --dynamic or set data.image_size / a resize")
     for case, batch in runs:
-        x = to_input(batch, mean, std, normalize_in_graph or task_name == "detection")
+        x = to_input(batch, mean, std, normalize_in_graph or task.export_normalizes)
         with torch.no_grad():
             want = list(graph(x))
         got = runner(x)

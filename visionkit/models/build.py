@@ -8,8 +8,6 @@ from visionkit.registry import BACKBONES
 
 
 def build_backbone(cfg):
-    import visionkit.models.backbones  # noqa: F401  (registers the families)
-
     b = cfg.model.backbone
     try:
         return BACKBONES.get(b.name)(

@@ -14,8 +14,6 @@ from visionkit.registry import BACKBONES
 
 
 def classification_model(name: str, num_classes: int = 1000, in_channels: int = 3) -> torch.nn.Sequential:
-    import visionkit.models.backbones  # noqa: F401
-
     backbone = BACKBONES.get(name)(in_channels=in_channels)
     head = backbone.build_classifier(num_classes)
 

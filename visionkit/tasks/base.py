@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import types
 import typing
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -183,3 +183,93 @@ class Task(nn.Module):
     def metadata(self) -> dict:
         """What a checkpoint must remember to rebuild and use the model (class names, ...)."""
         return {}
+
+    # -- data: what the data readers ask ------------------------------------------------------------
+    @classmethod
+    def target_kind(cls, cfg) -> str:
+        """The targets each sample of this task carries, one word a data reader serves (the
+        ``shapes`` data set keeps one view per kind in ``SHAPES_VIEWS``): ``label`` (a class id per
+        image), ``multi_label`` (a multi-hot vector), ``instances`` (boxes, labels, masks),
+        ``semantic`` (a class map), ``depth`` (a depth map); a new task may name a new kind."""
+        raise NotImplementedError
+
+    # -- export: what ``visionkit export`` and ``visionkit predict MODEL.onnx`` ask ------------------
+    #: the exported graph's outputs, in the order :meth:`export_graph` returns them (a model may
+    #: leave some out, see :meth:`export_output_names`); empty: the task cannot be exported
+    export_outputs: ClassVar[tuple[str, ...]] = ()
+    #: the attributes :meth:`describe`, :meth:`record`, :meth:`write_outputs` and :meth:`visualize`
+    #: read; an exported file keeps their values, so ``predict MODEL.onnx`` writes what
+    #: ``predict --checkpoint`` writes
+    export_attrs: ClassVar[tuple[str, ...]] = ()
+    #: the graph always takes 0..1 images and normalises them itself (a detector's own transform)
+    export_normalizes: ClassVar[bool] = False
+    #: the graph runs one image at a time (batch 1)
+    export_single_image: ClassVar[bool] = False
+    #: with ``--dynamic`` the graph takes any image size; False: the size of the eval transform's crop
+    export_any_size: ClassVar[bool] = True
+
+    def export_graph(self, normalize: bool) -> nn.Module:
+        """This model as a module of plain tensors: ``images`` float ``(B, C, H, W)`` in (0..1 when
+        ``normalize`` or :attr:`export_normalizes`, else already normalised), a tuple of tensors
+        named :meth:`export_output_names` out, computing what :meth:`predict` computes."""
+        raise NotImplementedError
+
+    def export_output_names(self) -> list[str]:
+        """The names of the outputs :meth:`export_graph` returns, in order."""
+        return list(self.export_outputs)
+
+    def export_dynamic_axes(self, names: Sequence[str], dynamic: bool) -> dict[str, dict[int, str]]:
+        """Which axes of ``images`` and of each output vary between runs (ONNX ``dynamic_axes``).
+        Default: with ``dynamic``, the batch axis of all of them."""
+        if not dynamic:
+            return {}
+        return {"images": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+
+    @classmethod
+    def export_preprocess(cls, cfg) -> dict:
+        """The eval transform as JSON-able data, written into an exported file: what a program does
+        to an image before the graph. Default: nothing (the image's own size)."""
+        return {}
+
+    @classmethod
+    def export_transform(cls, spec: dict) -> Callable:
+        """The image transform that :meth:`export_preprocess`'s ``spec`` describes, with the same
+        torchvision ops as the eval transform (``predict MODEL.onnx`` runs it). Default: none."""
+        return _unchanged
+
+    @classmethod
+    def example_image_size(cls, cfg) -> tuple[int, int]:
+        """(H, W) of an eval image when no data is at hand (export then traces a grey image)."""
+        return cfg.data.image_size, cfg.data.image_size
+
+    @classmethod
+    def from_export_attrs(cls, attrs: dict) -> "Task":
+        """The task without weights, holding only the :attr:`export_attrs` values of an exported
+        file: its output methods run unchanged on :meth:`from_export_outputs`' predictions."""
+        view = cls.__new__(cls)
+        nn.Module.__init__(view)
+        for key, value in attrs.items():
+            setattr(view, key, value)
+        return view
+
+    def from_export_outputs(self, outputs: dict[str, torch.Tensor]) -> Any:
+        """An exported graph's outputs, by name, in :meth:`predict`'s format."""
+        raise NotImplementedError
+
+
+def _unchanged(image):
+    return image
+
+
+class ExportNormalize(nn.Module):
+    """``(x - mean) / std`` on 0..1 images inside an exported graph, or nothing when not ``active``."""
+
+    def __init__(self, mean, std, active: bool):
+        super().__init__()
+        c = len(mean)
+        self.active = active
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std if self.active else x

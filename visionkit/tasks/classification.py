@@ -10,6 +10,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from visionkit.data.transforms import OnImage, classification_transforms
@@ -19,7 +21,7 @@ from visionkit.models.build import build_backbone
 from visionkit.models.heads.classification import ClassificationSettings
 from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
-from visionkit.tasks.base import Task
+from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
 
 
@@ -150,3 +152,41 @@ class ClassificationTask(Task):
 
     def metadata(self) -> dict:
         return {"classes": self.classes, "multi_label": self.multi_label}
+
+    @classmethod
+    def target_kind(cls, cfg) -> str:
+        return "multi_label" if cfg.model.head.multi_label else "label"
+
+    # -- export: ``logits`` and ``scores`` for a batch of eval crops ------------------------------
+    export_outputs = ("logits", "scores")
+    export_attrs = ("classes", "multi_label", "mean", "std")
+    export_any_size = False  # the classifier's input is the eval transform's crop
+
+    def export_graph(self, normalize: bool) -> nn.Module:
+        return _ClassificationGraph(self, normalize).eval()
+
+    @classmethod
+    def export_preprocess(cls, cfg) -> dict:
+        size = cfg.data.image_size
+        return {"resize_short_side": round(size * cfg.data.augment.resize_ratio), "center_crop": size}
+
+    @classmethod
+    def export_transform(cls, spec: dict):
+        return v2.Compose([v2.Resize(spec["resize_short_side"], antialias=True), v2.CenterCrop(spec["center_crop"])])
+
+    def from_export_outputs(self, outputs: dict[str, torch.Tensor]) -> dict:
+        scores = outputs["scores"].float()
+        labels = scores >= 0.5 if self.multi_label else scores.argmax(1)
+        return {"logits": outputs["logits"].float(), "scores": scores, "labels": labels}
+
+
+class _ClassificationGraph(nn.Module):
+    """``logits`` (B, C) and ``scores`` (B, C): softmax, or sigmoid for multi-label models."""
+
+    def __init__(self, task: ClassificationTask, normalize: bool):
+        super().__init__()
+        self.task, self.norm = task, ExportNormalize(task.mean, task.std, normalize)
+
+    def forward(self, images: torch.Tensor):
+        logits = self.task(self.norm(images)).float()
+        return logits, (logits.sigmoid() if self.task.multi_label else logits.softmax(1))

@@ -16,10 +16,13 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import nn
+from torchvision.transforms import v2
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.depth import depth_scale, write_depth_png
 from visionkit.data.transforms import depth_transforms
+from visionkit.data.transforms.depth import BottomCenterCrop
 from visionkit.errors import ConfigError, DataError
 from visionkit.evaluation.depth import CROPS, DepthEvaluator, valid_mask
 from visionkit.models.build import build_backbone
@@ -27,7 +30,7 @@ from visionkit.models.heads.depth import DepthSettings, depth_loss
 from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
 from visionkit.schema import Field
-from visionkit.tasks.base import Task
+from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
 
 # a perceptually ordered colour map (dark purple -> orange -> pale yellow), sampled at 6 stops
@@ -211,3 +214,50 @@ class DepthTask(Task):
     def metadata(self) -> dict:
         return {"classes": [], "min_depth": self.min_depth, "max_depth": self.max_depth,
                 "depth_scale": self.depth_scale}
+
+    @classmethod
+    def target_kind(cls, cfg) -> str:
+        return "depth"
+
+    # -- export: ``depth`` in metres at the input size ---------------------------------------------
+    export_outputs = ("depth",)
+    export_attrs = ("min_depth", "max_depth", "depth_scale", "mean", "std")
+
+    def export_graph(self, normalize: bool) -> nn.Module:
+        return _DepthGraph(self, normalize).eval()
+
+    def export_dynamic_axes(self, names, dynamic: bool) -> dict[str, dict[int, str]]:
+        if not dynamic:
+            return {}
+        return {"images": {0: "batch", 2: "height", 3: "width"}, **{n: {0: "batch", 1: "height", 2: "width"}
+                                                                     for n in names}}
+
+    @classmethod
+    def export_preprocess(cls, cfg) -> dict:
+        d = cfg.data.depth
+        return {"kb_crop": bool(d.kb_crop), "resize": list(d.resize) if d.resize else None}
+
+    @classmethod
+    def export_transform(cls, spec: dict):
+        steps = ([BottomCenterCrop()] if spec.get("kb_crop") else []) + \
+                ([v2.Resize(tuple(spec["resize"]), antialias=True)] if spec.get("resize") else [])
+        return v2.Compose(steps) if steps else super().export_transform(spec)
+
+    @classmethod
+    def example_image_size(cls, cfg) -> tuple[int, int]:
+        resize = cfg.data.depth.resize
+        return tuple(resize) if resize else super().example_image_size(cfg)
+
+    def from_export_outputs(self, outputs: dict[str, torch.Tensor]) -> dict:
+        return {"depth": outputs["depth"].float()}
+
+
+class _DepthGraph(nn.Module):
+    """``depth`` (B, H, W) in metres at the input size."""
+
+    def __init__(self, task: DepthTask, normalize: bool):
+        super().__init__()
+        self.task, self.norm = task, ExportNormalize(task.mean, task.std, normalize)
+
+    def forward(self, images: torch.Tensor):
+        return (self.task(self.norm(images)).float(),)

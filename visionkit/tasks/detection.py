@@ -18,9 +18,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
-from visionkit.data.datasets import coco as _coco  # noqa: F401  (registers the coco data set, shapes view)
 from visionkit.data.transforms import detection_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.coco import CocoEvaluator, _rle
@@ -282,3 +282,53 @@ class DetectionTask(Task):
 
     def metadata(self) -> dict:
         return {"classes": self.classes, "category_ids": self.category_ids, "variant": self.variant}
+
+    @classmethod
+    def target_kind(cls, cfg) -> str:
+        return "instances"
+
+    # -- export: one image's detections ------------------------------------------------------------
+    export_outputs = ("boxes", "labels", "scores", "masks")
+    export_attrs = ("classes", "category_ids", "variant", "mask_threshold", "vis_score")
+    export_normalizes = True  # torchvision's detector normalises (and resizes) inside its transform
+    export_single_image = True  # it loops over a list of images in Python
+
+    def export_graph(self, normalize: bool) -> nn.Module:
+        return _DetectionGraph(self).eval()
+
+    def export_output_names(self) -> list[str]:
+        return [n for n in self.export_outputs if n != "masks" or self.model.has_masks]
+
+    def export_dynamic_axes(self, names, dynamic: bool) -> dict[str, dict[int, str]]:
+        """The number of detections always varies; with ``dynamic`` the image size too."""
+        axes = {n: {0: "detections"} for n in names}
+        if dynamic:
+            axes["images"] = {2: "height", 3: "width"}
+            if "masks" in axes:
+                axes["masks"] = {0: "detections", 1: "height", 2: "width"}
+        return axes
+
+    def from_export_outputs(self, outputs: dict[str, torch.Tensor]) -> list[dict]:
+        p = {"boxes": outputs["boxes"].float(), "labels": outputs["labels"].long(),
+             "scores": outputs["scores"].float()}
+        if "masks" in outputs:
+            p["masks"] = outputs["masks"] >= self.mask_threshold
+        return [p]
+
+
+class _DetectionGraph(nn.Module):
+    """One image ``(1, 3, H, W)`` in 0..1 -> ``boxes`` (N, 4) XYXY input pixels, ``labels`` (N,)
+    0-based class ids, ``scores`` (N,) and ``masks`` (N, H, W) mask probabilities (Mask R-CNN; a
+    Faster R-CNN graph has no masks output). torchvision's detector takes a list of images and
+    loops over it in Python, so an export holds exactly one image per run (batch 1)."""
+
+    def __init__(self, task: DetectionTask):
+        super().__init__()
+        self.task = task
+
+    def forward(self, images: torch.Tensor):
+        det = self.task.model([images[0]])[0]
+        out = (det["boxes"].float(), det["labels"] - 1, det["scores"].float())
+        if "masks" in det:
+            out = out + (det["masks"][:, 0].float(),)
+        return out

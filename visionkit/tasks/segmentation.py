@@ -17,6 +17,7 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.segmentation import parse_palette, save_palette_png
@@ -34,7 +35,7 @@ from visionkit.models.heads.segmentation import (
 from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
 from visionkit.schema import Field
-from visionkit.tasks.base import Task
+from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
 
 
@@ -283,3 +284,40 @@ class SegmentationTask(Task):
 
     def metadata(self) -> dict:
         return {"classes": self.classes, "palette": [list(c) for c in self.palette]}
+
+    @classmethod
+    def target_kind(cls, cfg) -> str:
+        return "semantic"
+
+    # -- export: ``logits`` at the input size ------------------------------------------------------
+    export_outputs = ("logits",)
+    export_attrs = ("classes", "palette", "mean", "std", "ignore_index")
+
+    def export_graph(self, normalize: bool) -> nn.Module:
+        return _SegmentationGraph(self, normalize).eval()
+
+    def export_dynamic_axes(self, names, dynamic: bool) -> dict[str, dict[int, str]]:
+        spatial = {0: "batch", 2: "height", 3: "width"}
+        return {"images": spatial, **{n: spatial for n in names}} if dynamic else {}
+
+    @classmethod
+    def from_export_attrs(cls, attrs: dict) -> "SegmentationTask":
+        view = super().from_export_attrs(attrs)
+        view.palette = [tuple(c) for c in view.palette]  # JSON gives lists; drawing takes tuples
+        return view
+
+    def from_export_outputs(self, outputs: dict[str, torch.Tensor]) -> dict:
+        best = outputs["logits"].float().softmax(1).max(1)
+        return {"labels": best.indices, "confidence": best.values}
+
+
+class _SegmentationGraph(nn.Module):
+    """``logits`` (B, C, H, W) at the input size (whole-image inference; the task's sliding
+    window is a loop over crops and is not part of the graph)."""
+
+    def __init__(self, task: SegmentationTask, normalize: bool):
+        super().__init__()
+        self.task, self.norm = task, ExportNormalize(task.mean, task.std, normalize)
+
+    def forward(self, images: torch.Tensor):
+        return (self.task._logits(self.norm(images)).float(),)

@@ -276,7 +276,7 @@ class ShapesInstances(ShapesScenes):
                                rec["id"], path)
 
 
-@SHAPES_VIEWS.register("detection")
+@SHAPES_VIEWS.register("instances")
 def shapes_detection(cfg, root: Path) -> Source:
     pool = ShapesInstances(root, cfg.data.channels)
     return Source(classes=list(SHAPE_CLASSES), pool=pool, targets=[r["label"] for r in pool.records],

@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from visionkit.data.build import Source
+from visionkit.data.build import Source, target_kind
 from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image
 from visionkit.data.datasets.sources import ShapesScenes
 from visionkit.data.datasets.synthetic import SHAPE_CLASSES, render_semantic
@@ -207,10 +207,11 @@ def pairs_from_list(root: Path, list_file: Path, s) -> list[tuple[str, str]]:
 @DATASETS.register("segmentation_folder")
 def segmentation_folder(cfg) -> Source:
     """Image + label-map pairs (folder, VOC or Cityscapes style; see the module docstring)."""
+    kind = target_kind(cfg)  # checked first: data.segmentation exists only for tasks that read label maps
+    if kind != "semantic":
+        raise ConfigError(f"{cfg.source}: data set 'segmentation_folder' holds label maps (semantic targets, "
+                          f"as task 'segmentation' reads), not the {kind} targets of task '{cfg.task}'")
     d, s = cfg.data, cfg.data.segmentation
-    if cfg.task != "segmentation":
-        raise ConfigError(f"{cfg.source}: data set 'segmentation_folder' holds label maps for task "
-                          f"'segmentation', not '{cfg.task}'")
     if not s.classes:
         raise ConfigError(f"{cfg.source}: 'data.segmentation.classes' is needed for segmentation_folder "
                           "(the class names, in class-id order)")
@@ -252,7 +253,7 @@ class ShapesSemantic(ShapesScenes):
                 "index": index}
 
 
-@SHAPES_VIEWS.register("segmentation")
+@SHAPES_VIEWS.register("semantic")
 def shapes_segmentation(cfg, root: Path) -> Source:
     """Class 0 = background, 1..6 = the shape kinds (``SHAPES_SEGMENTATION_CLASSES``); split
     stratified by each scene's main shape, as classification splits it."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from visionkit.data.build import Source
+from visionkit.data.build import Source, target_kind
 from visionkit.data.datasets.folder import ImageFolderDataset, has_own_splits, read_image, split_roots
 from visionkit.data.datasets.synthetic import SHAPE_CLASSES, ensure_shapes, load_annotations
 from visionkit.errors import DataError
@@ -33,7 +33,7 @@ def _need_two_classes(cfg, dataset: ImageFolderDataset) -> None:
     """A single-label classifier of one class learns nothing (100 % accuracy from the start), so a
     folder tree with one class folder is a mistake, e.g. data.root set one level too deep. A
     multi-label head scores each class on its own (present or not), so one class is a task there."""
-    if cfg.task != "classification" or cfg.model.get("head", {}).get("multi_label"):
+    if target_kind(cfg) != "label":
         return
     if len(dataset.classes) < 2:
         root = dataset.root
@@ -84,22 +84,35 @@ class ShapesScenes(Dataset):
 def shapes(cfg) -> Source:
     """The built-in synthetic scenes (generated into ``data.root`` on first use).
 
-    Classification reads the ImageFolder layout; every other task reads the targets it needs
-    (masks, boxes, depth) of the same scenes through the view it registered in ``SHAPES_VIEWS``.
+    Each task reads the targets it needs (``Task.target_kind``: class labels, boxes and masks, class
+    maps, depth) of the same scenes through the view registered for them in ``SHAPES_VIEWS``.
     """
     d = cfg.data
     root = ensure_shapes(d.root, d.synth.num_images, d.synth.size, d.synth.seed)
-    if cfg.task != "classification":
-        if cfg.task not in SHAPES_VIEWS:
-            raise DataError(f"the shapes data set has no targets for task '{cfg.task}'")
-        return SHAPES_VIEWS.get(cfg.task)(cfg, Path(root))
-    pool = ImageFolderDataset(root, channels=d.channels, on_error=d.on_error)
-    src = Source(classes=pool.classes, pool=pool, targets=pool.targets)
-    if cfg.model.get("head", {}).get("multi_label"):
-        images = load_annotations(root)
-        # annotation kinds index SHAPE_CLASSES; folder labels index the sorted folder names
-        to_label = {k: pool.classes.index(name) for k, name in enumerate(SHAPE_CLASSES)}
-        by_file = {im["file"]: sorted({to_label[o["kind"]] for o in im["objects"]}) for im in images}
-        label_sets = [by_file[str(Path(p).relative_to(root))] for p, _ in pool.samples]
-        src.pool = MultiHotLabels(pool, label_sets, len(pool.classes))
+    kind = target_kind(cfg)
+    if kind not in SHAPES_VIEWS:
+        raise DataError(f"the shapes data set has no targets for task '{cfg.task}' ({kind}); it has "
+                        f"{', '.join(SHAPES_VIEWS)}")
+    return SHAPES_VIEWS.get(kind)(cfg, Path(root))
+
+
+@SHAPES_VIEWS.register("label")
+def shapes_labels(cfg, root: Path) -> Source:
+    """The scenes in the ImageFolder layout: one folder per main shape."""
+    pool = ImageFolderDataset(root, channels=cfg.data.channels, on_error=cfg.data.on_error)
+    return Source(classes=pool.classes, pool=pool, targets=pool.targets)
+
+
+@SHAPES_VIEWS.register("multi_label")
+def shapes_multi_labels(cfg, root: Path) -> Source:
+    """The ImageFolder layout with every shape kind in the scene as a multi-hot label; split by
+    the main shape, as single-label classification splits it."""
+    src = shapes_labels(cfg, root)
+    pool = src.pool
+    images = load_annotations(root)
+    # annotation kinds index SHAPE_CLASSES; folder labels index the sorted folder names
+    to_label = {k: pool.classes.index(name) for k, name in enumerate(SHAPE_CLASSES)}
+    by_file = {im["file"]: sorted({to_label[o["kind"]] for o in im["objects"]}) for im in images}
+    label_sets = [by_file[str(Path(p).relative_to(root))] for p, _ in pool.samples]
+    src.pool = MultiHotLabels(pool, label_sets, len(pool.classes))
     return src

@@ -28,9 +28,7 @@ class RandomResizedCropFlip:
     ``torch.rand`` call on the default generator (so the trainer's per-sample seeding governs
     them, as it does v2's) and the pixels from torchvision's resized-crop kernel called directly,
     without v2's per-call dispatch (tv_tensor unwrapping, type checks, one tensor op per random
-    number). On 32 px images that dispatch was about 70 % of a sample's input time; a timeit
-    of one 32 px uint8 image on the loaded 2-core VM gave 99 us here against 215 us for the two
-    v2 transforms in a ``v2.Compose``.
+    number), which on small images costs more than the pixels themselves.
     """
 
     TRIES = 10
@@ -89,7 +87,7 @@ def classification_transforms(
 
     Training uses a random resized crop (the Inception-style augmentation of Szegedy et al. 2015,
     sec. 6) with ``scale``/``ratio`` bounds and a horizontal flip with probability ``hflip``
-    (:class:`RandomResizedCropFlip`: v2's distribution at less than half its cost per sample).
+    (:class:`RandomResizedCropFlip`: v2's distribution without its per-call dispatch).
     Evaluation resizes the short side to ``round(size * resize_ratio)`` and crops the centre
     ``size`` square; ImageNet recipes use ``resize_ratio = 1 / 0.875``, while 1.0 keeps the whole
     of our centred synthetic images. ``mean``/``std`` have one entry per channel (checked by the

@@ -32,7 +32,6 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-import visionkit.models.necks.fpn  # noqa: F401  (registers the fpn neck)
 from visionkit.data.transforms.segmentation import resize_masks
 from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec
 from visionkit.models.backbones.base import norm_layer as backbone_norm_layer
@@ -94,11 +93,11 @@ class RCNNSettings:
     box_convs: int = 0  # 3x3 convs before the box head's one fc layer; 0: two fc layers (as tv)
     mask_roi_size: int = 14
     # the mask head's RoIAlign samples per bin side, apart from the box head's: 2 (as tv) reads every
-    # stride-4 cell under a RoI wider than 14 cells, where 1 skips about every other one; ~1.04x a
-    # step, sharper masks on large shapes (the recipe's test segm_AP 0.745 against 0.736)
+    # stride-4 cell under a RoI wider than 14 cells, where 1 skips about every other one; a little
+    # more per step for sharper masks on large shapes
     mask_sampling_ratio: int = 2
-    # four 3x3 convs as torchvision's, at 48 wide instead of 256: about the cost of two at 64 wide
-    # (1.06x a step) with sharper masks (the recipe's test segm_AP 0.736 against 0.717)
+    # four 3x3 convs as torchvision's, at 48 wide instead of 256: about the cost of two at 64 wide,
+    # with sharper masks
     mask_convs: int = 4
     mask_channels: int = 48  # tv: 256
     # norm after the FPN's convs and the RoI heads' 3x3 convs (none | batch | group); trained from
@@ -213,10 +212,9 @@ class _AlignedMaskTransform(GeneralizedRCNNTransform):
     In: target masks are resized with :func:`resize_masks` (nearest-exact), not ``nearest``.
     Out: masks are pasted with :func:`paste_masks` half a pixel (at the detector's size) right
     and down: torchvision's mask targets (``project_masks_on_boxes``: RoIAlign with
-    ``aligned=False``) read the ground truth there, so that is where a trained mask belongs
-    (shapes recipe, 7 epochs, val segm_AP with the paste moved 0 / 0.25 / 0.5 / 0.75 px: 0.719 /
-    0.754 / 0.765 / 0.752). Both together lifted the recipe's test segm_AP from 0.665 (nearest
-    resize, torchvision's paste) to 0.754 at the same bbox_AP (README, Detection).
+    ``aligned=False``) read the ground truth there, so that is where a trained mask belongs.
+    On small images half a pixel is a large share of an object's edge, so both matter most there
+    (README, Detection).
     """
 
     def resize(self, image, target=None):

@@ -1,8 +1,8 @@
 """RoIAlign for training on CPUs: torchvision's numbers, a backward that uses every core.
 
-torchvision's CPU ``roi_align`` backward walks the RoIs one after another on one thread, and in a
-Mask R-CNN training step on two cores it was the largest single cost (28% of a bf16 step at
-128 px: 512 box RoIs at 7 x 7 and ~120 mask RoIs at 14 x 14 per batch of 8). With a fixed
+torchvision's CPU ``roi_align`` backward walks the RoIs one after another on one thread, so in a
+Mask R-CNN training step on a CPU, with every sampled box RoI and mask RoI of the batch going
+through it, it can be the largest single cost. With a fixed
 ``sampling_ratio`` every RoI samples a regular grid of points, so the whole op is one bilinear
 ``grid_sample`` per pyramid level (RoIs of an image laid side by side), whose backward is
 vectorised and parallel, followed by an average over each bin's samples.

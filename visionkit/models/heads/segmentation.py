@@ -32,7 +32,6 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
-import visionkit.models.necks.fpn  # noqa: F401  (registers the fpn neck)
 from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec, group_norm
 from visionkit.models.heads.settings import head_choices, option
 from visionkit.registry import HEADS, NECKS
