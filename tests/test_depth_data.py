@@ -14,7 +14,7 @@ from visionkit.data.datasets.depth import (DepthPairs, folder_pairs, read_depth,
 from visionkit.data.datasets.synthetic import (DEPTH_FAR, DEPTH_NEAR, ground_depth, load_annotations,
                                                render_depth, render_instance_masks)
 from visionkit.errors import DataError
-from visionkit.tasks.depth import depth_transforms
+from visionkit.data.transforms import depth_transforms
 
 
 def _rgb(path, h=6, w=8):

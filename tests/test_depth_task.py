@@ -37,7 +37,7 @@ def depth_config(shapes_root, tmp_path, name="depth.yaml", **over) -> Path:
 def test_depth_keys_live_under_data_depth_only(shapes_root, tmp_path, make_config):
     cfg = load_config(depth_config(shapes_root, tmp_path))
     assert cfg.data.depth.format == "nyu" and cfg.data.depth.max_depth == 16.0
-    assert cfg.model.head.decoder == "unet" and cfg.model.head.loss == "silog"
+    assert cfg.model.head.name == "unet" and cfg.model.head.loss == "silog"
     classification = load_config(make_config())
     assert "depth" not in classification.data  # other tasks' configs are undisturbed
     bad = tmp_path / "bad.yaml"
@@ -52,7 +52,7 @@ def test_depth_keys_live_under_data_depth_only(shapes_root, tmp_path, make_confi
                                                    ("densenet_bc_k12_tiny", "unet", "l1")])
 def test_a_training_step_on_backbone_families(shapes_root, tmp_path, backbone, decoder, loss):
     cfg = load_config(depth_config(shapes_root, tmp_path, **{
-        "model.backbone.name": backbone, "model.head": {"decoder": decoder, "loss": loss, "channels": 8}}))
+        "model.backbone.name": backbone, "model.head": {"name": decoder, "loss": loss, "channels": 8}}))
     task = TASKS.get("depth").from_config(cfg, {"classes": []})
     data, _ = build_datasets(cfg, type(task), None, splits=("train",))
     batch = task.preprocess(collate_samples([data["train"][(0, i)] for i in range(8)]))
@@ -201,7 +201,7 @@ def _assert_rims_agree(img, dep):
 def test_random_scale_keeps_depth_edges_on_the_images_edges(factor):
     """Depth is resampled at pixel centres like the image (plain 'nearest' put object rims up to
     half a pixel off, giving them the depth of the other side); values are never blended."""
-    from visionkit.data.segmentation_transforms import RandomScale
+    from visionkit.data.transforms import RandomScale
 
     _assert_rims_agree(*RandomScale((factor, factor))(*_stripes()))
 
@@ -212,7 +212,7 @@ def test_fixed_resize_keeps_depth_edges_on_the_images_edges(size, train):
     """``data.depth.resize`` (applied in training and evaluation alike) resamples depth at pixel
     centres too: v2's Resize samples masks with plain 'nearest', which at 0.8x put stripe rims on
     the wrong side of the image's edge, so the scores compared predictions with a shifted truth."""
-    from visionkit.tasks.depth import depth_transforms
+    from visionkit.data.transforms import depth_transforms
 
     class D(dict):
         __getattr__ = dict.__getitem__

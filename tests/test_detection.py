@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from visionkit import load_config
 from visionkit.data.collate import collate_samples
 from visionkit.data.datasets.coco import ShapesInstances
-from visionkit.data.detection_transforms import detection_transforms
+from visionkit.data.transforms import detection_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.coco import CocoEvaluator
 from visionkit.registry import TASKS

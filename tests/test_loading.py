@@ -62,6 +62,6 @@ def test_each_misfit_is_refused_naming_the_file_and_the_fix(tiny_cfg):
         load_weights(_task(cfg), extra, cfg, path="x.pt")
 
     # a checkpoint whose own config built another head: the overrides that rebuild it are named
-    wider = tiny_cfg(**{"model.head.classifier": "linear"})
-    with pytest.raises(CheckpointError, match="built with model.head.classifier=auto: pass those overrides"):
+    wider = tiny_cfg(**{"model.head.name": "linear"})
+    with pytest.raises(CheckpointError, match="built with model.head.name=auto: pass those overrides"):
         load_weights(_task(wider), state, wider, path="x.pt")

@@ -16,6 +16,7 @@ from PIL import Image
 from visionkit import load_config
 from visionkit.errors import ConfigError
 from visionkit.models.backbones import resnet  # noqa: F401  (registers)
+from visionkit.models.heads.segmentation import SegmentationSettings, boundary_factor, cross_entropy_loss
 from visionkit.registry import BACKBONES, TASKS
 from visionkit.tasks.segmentation import SegmentationTask
 
@@ -35,14 +36,14 @@ def batch(size=32, n=2, seed=0):
 def make_task(backbone="resnet18_w32", **kw):
     kw.setdefault("channels", 16)
     kw.setdefault("fpn_channels", 16)
-    return SegmentationTask(BACKBONES.get(backbone)(in_channels=3), CLASSES, **kw)
+    return SegmentationTask(BACKBONES.get(backbone)(in_channels=3), CLASSES, SegmentationSettings(**kw))
 
 
 @pytest.mark.parametrize("backbone", ["resnet18_w32", "densenet_bc_k12_tiny"])
 @pytest.mark.parametrize("head", ["fcn", "deeplabv3", "semantic_fpn"])
 def test_training_step_for_each_head_on_two_families(head, backbone):
     torch.manual_seed(0)
-    task = make_task(backbone, head=head, aux=True, atrous_rates=[1, 2, 3])
+    task = make_task(backbone, name=head, aux=True, atrous_rates=[1, 2, 3])
     opt = torch.optim.Adam(task.parameters(), lr=3e-3)
     b = batch()
     first = None
@@ -66,23 +67,23 @@ def test_training_step_for_each_head_on_two_families(head, backbone):
 
 def test_ignored_pixels_do_not_count_and_class_weights_and_dice_change_the_loss():
     torch.manual_seed(0)
-    task = make_task(head="semantic_fpn")
+    task = make_task(name="semantic_fpn")
     b = batch()
     base = task.loss(b)["loss_ce"]
     changed = {**b, "semantic": b["semantic"].clone()}
     changed["semantic"][:, :4] = 255  # already ignored: relabel with another ignore-only change
     assert torch.allclose(task.loss(changed)["loss_ce"], base)
-    weighted = make_task(head="semantic_fpn", class_weights=[1.0, 0.0, 0.0])
+    weighted = make_task(name="semantic_fpn", class_weights=[1.0, 0.0, 0.0])
     weighted.load_state_dict(task.state_dict())
     assert not torch.allclose(weighted.loss(b)["loss_ce"], base)
-    dice = make_task(head="semantic_fpn", dice_weight=0.5)
+    dice = make_task(name="semantic_fpn", dice_weight=0.5)
     dice.load_state_dict(task.state_dict())
     terms = dice.loss(b)
     assert set(terms) == {"loss_ce", "loss_dice"} and 0 < terms["loss_dice"] <= 0.5
 
 
 def test_label_boundaries_mark_both_sides_of_a_rim_and_not_the_image_border():
-    from visionkit.tasks.segmentation import label_boundaries
+    from visionkit.models.heads.segmentation import label_boundaries
 
     t = torch.zeros(1, 6, 6, dtype=torch.long)
     t[0, 2:4, 2:4] = 1  # a 2x2 object: every pixel within 1 px (8-neighbourhood) of it is a rim
@@ -98,27 +99,31 @@ def test_boundary_weight_is_a_weighted_mean_that_favours_rim_pixels():
     target = torch.zeros(1, 6, 6, dtype=torch.long)
     target[0, 2:4, 2:4] = 1
     target[0, 0, 0] = 255  # ignored: no weight, no loss
-    plain = make_task(head="semantic_fpn")
+    plain = make_task(name="semantic_fpn")
     nll = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")[0]
     rim = torch.zeros(6, 6, dtype=torch.bool)
     rim[1:5, 1:5] = True
     rim[0:2, 0:2] = True  # the ignored corner is a label change for its neighbours
     w = torch.where(rim, 3.0, 1.0)
     w[0, 0] = 0
-    heavy = make_task(head="semantic_fpn", boundary_weight=3.0)
-    assert torch.allclose(heavy._ce(logits, target, heavy._rim_factor(target)), (nll * w).sum() / w.sum())
-    assert torch.allclose(plain._ce(logits, target, plain._rim_factor(target)), nll.sum() / 35)  # 1.0 is the plain mean
+    heavy = make_task(name="semantic_fpn", boundary_weight=3.0)
+    def ce(task):  # the task's cross-entropy term, with its settings
+        factor = boundary_factor(target, task.boundary_weight)
+        return cross_entropy_loss(logits, target, task.ignore_index, task.class_weights, factor)
+
+    assert torch.allclose(ce(heavy), (nll * w).sum() / w.sum())
+    assert torch.allclose(ce(plain), nll.sum() / 35)  # 1.0 is the plain mean
     # with class weights: each pixel's weight is class weight x rim factor, normalised by their sum
     cw = torch.tensor([0.5, 2.0, 1.0])
-    both = make_task(head="semantic_fpn", boundary_weight=3.0, class_weights=cw.tolist())
+    both = make_task(name="semantic_fpn", boundary_weight=3.0, class_weights=cw.tolist())
     wc = w * cw[target[0].clamp(max=2)]
-    assert torch.allclose(both._ce(logits, target, both._rim_factor(target)), (nll * wc).sum() / wc.sum())
+    assert torch.allclose(ce(both), (nll * wc).sum() / wc.sum())
 
 
 def test_shuffle_upsampling_starts_as_the_bilinear_head_and_learns_sub_pixel_logits():
     torch.manual_seed(0)
-    plain = make_task(head="semantic_fpn").eval()
-    shuffle = make_task(head="semantic_fpn", upsample="shuffle")
+    plain = make_task(name="semantic_fpn").eval()
+    shuffle = make_task(name="semantic_fpn", upsample="shuffle")
     missing = shuffle.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert missing == ["head.refine.0.weight", "head.refine.0.bias"]
     x = batch()["images"]
@@ -133,14 +138,14 @@ def test_shuffle_upsampling_starts_as_the_bilinear_head_and_learns_sub_pixel_log
 
 def test_slide_inference_covers_the_image_and_matches_whole_on_one_window():
     torch.manual_seed(0)
-    whole = make_task(head="fcn").eval()
-    slide = make_task(head="fcn", inference="slide", window=64, stride=40).eval()
+    whole = make_task(name="fcn").eval()
+    slide = make_task(name="fcn", inference="slide", window=64, stride=40).eval()
     slide.load_state_dict(whole.state_dict())
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(slide.predict({"images": x})["labels"], whole.predict({"images": x})["labels"])
     big = torch.randn(1, 3, 100, 150)
     assert slide.predict({"images": big})["labels"].shape == (1, 100, 150)
-    small = make_task(head="fcn", inference="slide", window=64).eval()
+    small = make_task(name="fcn", inference="slide", window=64).eval()
     assert small.predict({"images": torch.randn(1, 3, 40, 48)})["labels"].shape == (1, 40, 48)
     # a list of differently sized images (evaluation at each image's own size)
     out = whole.predict({"images": [torch.randn(3, 32, 40), torch.randn(3, 48, 32)]})

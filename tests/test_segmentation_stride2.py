@@ -13,6 +13,7 @@ from visionkit import load_config
 from visionkit.errors import ConfigError
 from visionkit.models.backbones import densenet, resnet  # noqa: F401  (registers)
 from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec
+from visionkit.models.heads.segmentation import SegmentationSettings
 from visionkit.registry import BACKBONES, TASKS
 from visionkit.tasks.segmentation import SegmentationTask
 
@@ -47,7 +48,8 @@ def make(**kw):
     kw.setdefault("channels", 16)
     kw.setdefault("fpn_channels", 16)
     stages = kw.pop("stages", ALL)
-    return SegmentationTask(BACKBONES.build("resnet18_w32", out_stages=stages), CLASSES, **kw)
+    backbone = BACKBONES.build("resnet18_w32", out_stages=stages)
+    return SegmentationTask(backbone, CLASSES, SegmentationSettings(**kw))
 
 
 @pytest.mark.parametrize(("refine", "width"), [(None, None), ("stem", None), ("stem", 8)])
@@ -84,7 +86,7 @@ def test_refine_needs_a_returned_stage_at_half_the_fpn_stride_and_the_fpn_head()
     with pytest.raises(BackboneBuildError, match="stride 2; it must be half the finest FPN stride \\(8\\)"):
         make(refine="stem", stages=["stem", "layer2", "layer3", "layer4"])
     with pytest.raises(BackboneBuildError, match="refine is a semantic_fpn option"):
-        make(head="deeplabv3", refine="stem")
+        make(name="deeplabv3", refine="stem")
 
 
 def test_refine_from_the_config_and_its_error_names_the_key(tmp_path, shapes_root):
@@ -114,7 +116,7 @@ def test_random_scale_keeps_labels_on_the_images_edges(factor):
     are labelled as the image shows them (plain 'nearest' shifted them by up to half a pixel)."""
     from torchvision import tv_tensors
 
-    from visionkit.data.segmentation_transforms import RandomScale
+    from visionkit.data.transforms import RandomScale
 
     image = torch.zeros(1, 64, 64, dtype=torch.uint8)
     labels = torch.zeros(64, 64, dtype=torch.uint8)

@@ -77,6 +77,8 @@ class Registry:
 
 BACKBONES = Registry("backbone")
 NECKS = Registry("neck")
+#: "<task>.<head>" -> head builder; ``model.head.name`` of a task picks among the names under its prefix
+HEADS = Registry("head")
 TASKS = Registry("task")
 DATASETS = Registry("dataset")
 #: target kind (``Task.target_kind``) -> ``builder(cfg, root) -> Source``: the ``shapes`` data set's

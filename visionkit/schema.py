@@ -255,6 +255,11 @@ def validate(raw: dict, origins: dict, default_file: str) -> dict:
     task = raw.get("task", schema["task"].default)
     _check_field(schema["task"], task, "task", origins.get("task", default_file))
     schema["model"]["head"] = TASKS.get(task).head_schema()
+    head = (raw.get("model") or {}).get("head") if isinstance(raw.get("model"), dict) else None
+    for old, new in TASKS.get(task).renamed_head_keys.items():
+        if isinstance(head, dict) and old in head:
+            key = f"model.head.{old}"
+            raise ConfigError(f"{origins.get(key, default_file)}: '{key}' was renamed: use model.head.{new}")
     schema["data"].update(TASKS.get(task).data_schema())
     cfg = _walk(schema, raw, "", origins, default_file)
     _cross_checks(cfg, origins, default_file)

@@ -5,12 +5,44 @@ The trainer only calls what is defined here, so it never needs to know which tas
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import types
+import typing
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from visionkit.errors import ConfigError
 from visionkit.evaluation.base import Evaluator
+from visionkit.models.backbones.base import BackboneBuildError
+from visionkit.schema import Field
+
+
+def _field_type(hint) -> tuple[Any, bool]:
+    """(``Field.type``, nullable) of a settings annotation: ``int``, ``list[float]``, ``str | None``."""
+    nullable = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        nullable = type(None) in args
+        (hint,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return [typing.get_args(hint)[0]], nullable
+    return hint, nullable
+
+
+def settings_schema(settings: type) -> dict[str, Field]:
+    """The ``model.head`` schema of a settings dataclass: one :class:`Field` per field, its type
+    from the annotation, its default, and the limits and help of its ``option(...)``."""
+    hints = typing.get_type_hints(settings)
+    out = {}
+    for f in dataclasses.fields(settings):
+        kind, nullable = _field_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out[f.name] = Field(kind, default, nullable=nullable, **f.metadata)
+    return out
 
 
 class Task(nn.Module):
@@ -25,9 +57,17 @@ class Task(nn.Module):
     #: config keys added after checkpoints may have been trained without them ("model.head.x"), with
     #: the value that builds the model from before them; a checkpoint that does not fit is told these
     added_settings: ClassVar[dict[str, Any]] = {}
+    #: the dataclass of this task's ``model.head`` options; it generates :meth:`head_schema`
+    settings: ClassVar[type | None] = None
+    #: ``model.head`` keys that were renamed (old -> new); a config with an old one is refused
+    renamed_head_keys: ClassVar[dict[str, str]] = {}
+    #: drawings enlarge small images by a whole factor up to this many pixels, to be legible
+    drawing_side: ClassVar[int] = 128
 
     def set_normalization(self, mean, std) -> None:
-        """Pixel mean/std (0..1 scale) applied by :meth:`preprocess`; not saved in state dicts."""
+        """Pixel mean/std (0..1 scale) applied by :meth:`preprocess` (not saved in state dicts)
+        and undone by the drawings."""
+        self.mean, self.std = list(mean), list(std)
         c = len(mean)
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1), False)
@@ -42,8 +82,45 @@ class Task(nn.Module):
 
     @classmethod
     def head_schema(cls) -> dict:
-        """The ``model.head`` keys this task accepts (``visionkit.schema.Field`` values)."""
-        return {}
+        """The ``model.head`` keys this task accepts (``visionkit.schema.Field`` values); by
+        default those of :attr:`settings`."""
+        return settings_schema(cls.settings) if cls.settings is not None else {}
+
+    @classmethod
+    def head_settings(cls, cfg):
+        """:attr:`settings` filled from the validated ``model.head`` section."""
+        return cls.settings(**{f.name: cfg.model.head[f.name] for f in dataclasses.fields(cls.settings)})
+
+    @staticmethod
+    def check_num_classes(cfg, classes: list[str]) -> None:
+        """``model.head.num_classes``, when set, must be the data set's class count."""
+        n = cfg.model.head.num_classes
+        if n is not None and n != len(classes):
+            raise ConfigError(f"{cfg.where('model.head.num_classes')}: 'model.head.num_classes' is {n} but "
+                              f"the data set has {len(classes)} classes ({', '.join(classes[:10])}); "
+                              "set it to null")
+
+    @staticmethod
+    @contextlib.contextmanager
+    def build_errors(cfg):
+        """Turn a head that cannot sit on the configured backbone into a config error naming both."""
+        try:
+            yield
+        except BackboneBuildError as e:
+            raise ConfigError(f"{cfg.where('model')}: head '{cfg.model.head.name}' on backbone "
+                              f"'{cfg.model.backbone.name}': {e}") from None
+
+    def zoom(self, image: torch.Tensor, factor: int | None = None) -> torch.Tensor:
+        """``image`` (``(C, H, W)``, any dtype) enlarged by nearest neighbour by ``factor``, by
+        default the largest whole factor that keeps it within :attr:`drawing_side`; same dtype."""
+        f = factor or self.zoom_factor(max(image.shape[-2:]))
+        if f == 1:
+            return image
+        return F.interpolate(image[None].float(), scale_factor=f, mode="nearest")[0].to(image.dtype)
+
+    def zoom_factor(self, side: int) -> int:
+        """How many times a drawing of ``side`` pixels is enlarged (at least 1)."""
+        return max(1, self.drawing_side // side)
 
     @classmethod
     def data_schema(cls) -> dict:

@@ -6,86 +6,49 @@ Multi-label: one sigmoid per class with binary cross-entropy; targets are multi-
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from visionkit.data.transforms import classification_transforms
+from visionkit.data.transforms import OnImage, classification_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.accuracy import AccuracyEvaluator, MultiLabelEvaluator
-from visionkit.models.backbones.base import PoolLinear
 from visionkit.models.build import build_backbone
+from visionkit.models.heads.classification import ClassificationSettings
+from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
-from visionkit.schema import Field
 from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
-
-
-class _OnImage:
-    """A sample transform applying ``t`` to the image (a class, not a closure, so loader workers
-    started by spawn or forkserver can receive it)."""
-
-    def __init__(self, t):
-        self.t = t
-
-    def __call__(self, sample: dict) -> dict:
-        sample["image"] = self.t(sample["image"])
-        return sample
 
 
 @TASKS.register("classification")
 class ClassificationTask(Task):
     monitor = ("accuracy", "max")
 
-    @classmethod
-    def head_schema(cls) -> dict:
-        return {
-            "num_classes": Field(int, None, nullable=True, min=1, help="null: from the data set"),
-            "classifier": Field(str, "auto", choices=("auto", "linear"),
-                                help="auto: the backbone family's own head; linear: pool + fc"),
-            "dropout": Field(float, None, nullable=True, min=0, max=1,
-                             help="null: the family's own (0.5 in VGG/AlexNet, 0 elsewhere)"),
-            "label_smoothing": Field(float, 0.0, min=0, max=1),
-            "multi_label": Field(bool, False),
-        }
+    settings = ClassificationSettings
+    renamed_head_keys: ClassVar[dict[str, str]] = {"classifier": "name"}
 
-    def __init__(self, backbone, classes: list[str], *, classifier: str = "auto",
-                 dropout: float | None = None, label_smoothing: float = 0.0, multi_label: bool = False,
+    def __init__(self, backbone, classes: list[str], settings: ClassificationSettings | None = None, *,
                  mean=(0.0,), std=(1.0,)):
         super().__init__()
+        s = settings or ClassificationSettings()
         self.backbone = backbone
         self.classes = list(classes)
-        n = len(self.classes)
-        deepest = list(backbone.feature_specs)[-1]
-        if classifier == "auto":
-            if deepest != list(backbone.stage_specs)[-1]:
-                raise ConfigError(
-                    f"model.head.classifier 'auto' is the family's head on its last stage, but "
-                    f"model.backbone.out_stages ends at '{deepest}'; use classifier: linear"
-                )
-            kw = {} if dropout is None else {"dropout": dropout}
-            self.head = backbone.build_classifier(n, **kw)
-        else:
-            self.head = PoolLinear(backbone.feature_specs[deepest].channels, n, dropout or 0.0)
-        self.label_smoothing = label_smoothing
-        self.multi_label = multi_label
-        self.mean, self.std = list(mean), list(std)
-        self.set_normalization(self.mean, self.std)
-        if multi_label:
+        self.head = build_head("classification", s.name, backbone, len(self.classes), s.dropout)
+        self.label_smoothing = s.label_smoothing
+        self.multi_label = s.multi_label
+        self.set_normalization(mean, std)
+        if s.multi_label:
             self.monitor = ("mAP", "max")
 
     @classmethod
     def from_config(cls, cfg, data_info: dict) -> "ClassificationTask":
-        head = cfg.model.head
         classes = data_info["classes"]
-        if head.num_classes is not None and head.num_classes != len(classes):
-            raise ConfigError(
-                f"{cfg.where('model.head.num_classes')}: 'model.head.num_classes' is {head.num_classes} "
-                f"but the data set "
-                f"has {len(classes)} classes ({', '.join(classes[:10])}); set it to null"
-            )
+        cls.check_num_classes(cfg, classes)
         backbone = build_backbone(cfg)
         if cfg.data.image_size < backbone.min_input_size:  # the network input is exactly this size
             raise ConfigError(
@@ -93,9 +56,8 @@ class ClassificationTask(Task):
                 f"{cfg.model.backbone.name} needs inputs of at least {backbone.min_input_size} pixels; "
                 "raise data.image_size"
             )
-        return cls(backbone, classes, classifier=head.classifier, dropout=head.dropout,
-                   label_smoothing=head.label_smoothing, multi_label=head.multi_label,
-                   mean=cfg.data.mean, std=cfg.data.std)
+        with cls.build_errors(cfg):
+            return cls(backbone, classes, cls.head_settings(cfg), mean=cfg.data.mean, std=cfg.data.std)
 
     @classmethod
     def sample_transform(cls, cfg, train: bool):
@@ -105,7 +67,7 @@ class ClassificationTask(Task):
             ratio=tuple(d.augment.ratio), hflip=d.augment.hflip, resize_ratio=d.augment.resize_ratio,
             normalize=False,  # batches are normalised on the device by Task.preprocess
         )
-        return _OnImage(t)
+        return OnImage(t)
 
     @classmethod
     def check_sample(cls, sample: dict, data_info: dict) -> list[str]:
@@ -172,8 +134,7 @@ class ClassificationTask(Task):
         labels = batch.get("labels")
         out = []
         for i, img in enumerate(images):
-            img = F.interpolate(img[None].float(), scale_factor=max(1, 128 // img.shape[-1]),
-                                mode="nearest")[0].to(torch.uint8)
+            img = self.zoom(img, self.zoom_factor(img.shape[-1]))
             h, w = img.shape[-2:]
             caption, colour = self.describe(predictions, i), "white"
             if labels is not None:

@@ -5,69 +5,33 @@ predicts depth at input resolution inside ``[data.depth.min_depth, max_depth]``.
 scoring use only the valid pixels of the ground truth (a measurement, inside the range); the
 metrics are those of :mod:`visionkit.evaluation.depth`.
 
-Joint transforms move image and depth together (``torchvision.transforms.v2`` with the depth map
-as a ``tv_tensors.Mask``, which every geometric transform resamples with *nearest*; resizes
-sample it at pixel centres, like the image): a flip, crop or rescale never invents a depth value by
-interpolation, and padding is 0 (no measurement).
+Image and depth map move together through the joint transforms of
+:mod:`visionkit.data.transforms.depth`, which never invent a depth value by interpolation.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
-from torchvision.transforms.v2._utils import query_size
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.depth import depth_scale, write_depth_png
-from visionkit.data.segmentation_transforms import RandomScale, Resize
+from visionkit.data.transforms import depth_transforms
+from visionkit.data.transforms.depth import BottomCenterCrop
 from visionkit.errors import ConfigError, DataError
 from visionkit.evaluation.depth import CROPS, DepthEvaluator, valid_mask
 from visionkit.models.build import build_backbone
-from visionkit.models.heads.depth import DECODERS, LOSSES, DepthHead, depth_loss
+from visionkit.models.heads.depth import DepthSettings, depth_loss
+from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
 from visionkit.schema import Field
 from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
-
-KB_CROP = (352, 1216)  # KITTI benchmark crop (Uhrig et al. 2017): the rows the LiDAR covers
-
-
-class BottomCenterCrop(v2.Transform):
-    """KITTI's benchmark crop: the bottom ``352 x 1216`` pixels, centred horizontally."""
-
-    def make_params(self, flat_inputs):
-        h, w = query_size(flat_inputs)
-        ch, cw = KB_CROP
-        if h < ch or w < cw:
-            raise DataError(f"data.depth.kb_crop needs images of at least {cw}x{ch}, got {w}x{h}")
-        return {"top": h - ch, "left": (w - cw) // 2}
-
-    def transform(self, inpt, params):
-        return TF.crop(inpt, params["top"], params["left"], *KB_CROP)
-
-
-def depth_transforms(train: bool, d, hflip: float) -> v2.Compose:
-    """``kb_crop`` -> ``resize`` -> (train: random ``scale`` -> random ``crop`` -> flip)."""
-    steps = []
-    if d.kb_crop:
-        steps.append(BottomCenterCrop())
-    if d.resize:
-        steps.append(Resize(tuple(d.resize), antialias=True))  # depth at pixel centres too
-    if train:
-        if tuple(d.scale) != (1.0, 1.0):
-            steps.append(RandomScale(d.scale))  # depth maps as labels: nearest-exact, never blended
-        if d.crop:
-            steps.append(v2.RandomCrop(tuple(d.crop), pad_if_needed=True, fill=0))
-        if hflip > 0:
-            steps.append(v2.RandomHorizontalFlip(p=hflip))
-    return v2.Compose(steps or [v2.Identity()])
-
 
 # a perceptually ordered colour map (dark purple -> orange -> pale yellow), sampled at 6 stops
 _STOPS = torch.tensor([[0, 0, 4], [59, 15, 112], [140, 41, 129], [222, 73, 104], [254, 159, 109],
@@ -89,16 +53,8 @@ def colorize(values: torch.Tensor, lo: float, hi: float, invalid: torch.Tensor |
 class DepthTask(Task):
     monitor = ("abs_rel", "min")
 
-    @classmethod
-    def head_schema(cls) -> dict:
-        return {
-            "decoder": Field(str, "unet", choices=DECODERS, help="unet: skip connections; fpn: pyramid sum"),
-            "channels": Field(int, 32, min=4, help="decoder width at stride 4 (doubles deeper, up to 4x)"),
-            "loss": Field(str, "silog", choices=LOSSES),
-            "silog_lambda": Field(float, 0.85, min=0, max=1, help="1: fully scale invariant"),
-            "silog_scale": Field(float, 10.0, min=0),
-            "berhu_threshold": Field(float, 0.2, min=0, max=1, help="c = threshold * max |error|"),
-        }
+    settings = DepthSettings
+    renamed_head_keys: ClassVar[dict[str, str]] = {"decoder": "name"}
 
     @classmethod
     def data_schema(cls) -> dict:
@@ -126,20 +82,19 @@ class DepthTask(Task):
             "average": Field(str, "image", choices=("image", "pixel"), help="metric averaging"),
         }}
 
-    def __init__(self, backbone, *, decoder="unet", channels=32, loss="silog", silog_lambda=0.85,
-                 silog_scale=10.0, berhu_threshold=0.2, min_depth=1e-3, max_depth=10.0,
+    def __init__(self, backbone, settings: DepthSettings | None = None, *, min_depth=1e-3, max_depth=10.0,
                  depth_scale=1000.0, eval_crop="none", median_scaling=False, average="image",
                  in_channels=3, mean=(0.0,), std=(1.0,)):
         super().__init__()
+        s = settings or DepthSettings()
         self.backbone = backbone
-        self.head = DepthHead(backbone.feature_specs, in_channels, decoder=decoder, channels=channels,
-                              min_depth=min_depth, max_depth=max_depth)
-        self.loss_name, self.silog_lambda, self.silog_scale = loss, silog_lambda, silog_scale
-        self.berhu_threshold = berhu_threshold
+        self.head = build_head("depth", s.name, backbone.feature_specs, in_channels, channels=s.channels,
+                               min_depth=min_depth, max_depth=max_depth)
+        self.loss_name, self.silog_lambda, self.silog_scale = s.loss, s.silog_lambda, s.silog_scale
+        self.berhu_threshold = s.berhu_threshold
         self.min_depth, self.max_depth, self.depth_scale = min_depth, max_depth, depth_scale
         self.eval_crop, self.median_scaling, self.average = eval_crop, median_scaling, average
-        self.mean, self.std = list(mean), list(std)
-        self.set_normalization(self.mean, self.std)
+        self.set_normalization(mean, std)
 
     @classmethod
     def check_sample(cls, sample: dict, data_info: dict) -> list[str]:
@@ -159,7 +114,7 @@ class DepthTask(Task):
 
     @classmethod
     def from_config(cls, cfg, data_info: dict) -> "DepthTask":
-        h, d = cfg.model.head, cfg.data.depth
+        d = cfg.data.depth
         if not 0 < d.min_depth < d.max_depth:
             raise ConfigError(f"{cfg.where('data.depth')}: data.depth.min_depth ({d.min_depth}) must be > 0 "
                               "and below "
@@ -167,9 +122,7 @@ class DepthTask(Task):
         if d.scale[0] > d.scale[1]:
             raise ConfigError(f"{cfg.where('data.depth.scale')}: data.depth.scale must be [min, max] "
                               "with min <= max")
-        return cls(build_backbone(cfg), decoder=h.decoder, channels=h.channels, loss=h.loss,
-                   silog_lambda=h.silog_lambda, silog_scale=h.silog_scale, berhu_threshold=h.berhu_threshold,
-                   min_depth=d.min_depth, max_depth=d.max_depth, depth_scale=depth_scale(cfg),
+        return cls(build_backbone(cfg), cls.head_settings(cfg), min_depth=d.min_depth, max_depth=d.max_depth, depth_scale=depth_scale(cfg),
                    eval_crop=d.eval_crop, median_scaling=d.median_scaling, average=d.average,
                    in_channels=cfg.data.channels, mean=cfg.data.mean, std=cfg.data.std)
 
@@ -256,10 +209,7 @@ class DepthTask(Task):
             tiles.extend(row)
         ncol = 4 if targets is not None else 2
         grid = make_grid(tiles, nrow=ncol, padding=2)
-        factor = max(1, 128 // images.shape[-1])
-        if factor > 1:
-            grid = F.interpolate(grid[None].float(), scale_factor=factor, mode="nearest")[0].to(torch.uint8)
-        return grid[None]
+        return self.zoom(grid, self.zoom_factor(images.shape[-1]))[None]
 
     def metadata(self) -> dict:
         return {"classes": [], "min_depth": self.min_depth, "max_depth": self.max_depth,

@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
-from visionkit.data.detection_transforms import detection_transforms
+from visionkit.data.transforms import detection_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.coco import CocoEvaluator, _rle
 from visionkit.evaluation.coco_backend import BACKENDS
 from visionkit.evaluation.coco_backend import resolve as resolve_backend
-from visionkit.models.backbones.base import BackboneBuildError
 from visionkit.models.build import build_backbone
-from visionkit.models.heads.rcnn import NORMS, RCNN, VARIANTS, RCNNSettings
+from visionkit.models.heads.rcnn import NORMS, RCNNSettings
+from visionkit.models.heads.settings import build_head, head_choices
 from visionkit.registry import TASKS
 from visionkit.schema import Field
 from visionkit.tasks.base import Task
@@ -67,13 +67,15 @@ def _settings_schema() -> dict:
 @TASKS.register("detection")
 class DetectionTask(Task):
     monitor = ("segm_AP", "max")
+    drawing_side = 256  # boxes and their labels need more room than a class caption
     #: head keys added after the first release, with the value that builds the model from before them
     added_settings: ClassVar[dict] = {"model.head.fpn_norm": "none", "model.head.head_norm": "none", "model.head.box_convs": 0}
 
     @classmethod
     def head_schema(cls) -> dict:
         return {
-            "name": Field(str, "mask_rcnn", choices=VARIANTS, help="faster_rcnn: boxes; mask_rcnn: + masks"),
+            "name": Field(str, "mask_rcnn", choices=head_choices("detection"),
+                          help="faster_rcnn: boxes; mask_rcnn: + masks"),
             "num_classes": Field(int, None, nullable=True, min=1, help="null: from the data set"),
             **_settings_schema(),
             "scale_jitter": Field([float], [1.0, 1.0], length=2, min=0.05,
@@ -101,8 +103,8 @@ class DetectionTask(Task):
         # the backbone is registered here only (the model holds a plain reference), so its weights
         # are named backbone.* as in every task and backbone weight files load by name
         self.backbone = backbone
-        self.model = RCNN(backbone, len(self.classes), variant, settings or RCNNSettings(), mean, std,
-                          register_backbone=False)
+        self.model = build_head("detection", variant, backbone, len(self.classes),
+                                settings=settings or RCNNSettings(), mean=mean, std=std, register_backbone=False)
         self.variant = variant
         self.mask_threshold, self.vis_score = mask_threshold, vis_score
         self.coco_backend = coco_backend
@@ -141,10 +143,7 @@ class DetectionTask(Task):
     def from_config(cls, cfg, data_info: dict) -> "DetectionTask":
         h = cfg.model.head
         classes = data_info["classes"]
-        if h.num_classes is not None and h.num_classes != len(classes):
-            raise ConfigError(f"{cfg.where('model.head.num_classes')}: 'model.head.num_classes' is "
-                              f"{h.num_classes} but the data set "
-                              f"has {len(classes)} classes ({', '.join(classes[:10])}); set it to null")
+        cls.check_num_classes(cfg, classes)
         kw = {f.name: h[f.name] for f in dataclasses.fields(RCNNSettings)}
         kw["min_size"] = h.min_size or cfg.data.image_size
         kw["max_size"] = h.max_size or math.ceil(kw["min_size"] * 1333 / 800)
@@ -157,13 +156,11 @@ class DetectionTask(Task):
         except ConfigError as e:
             raise ConfigError(f"{cfg.where('data.coco_eval.backend')}: {e}") from None
         backbone = build_backbone(cfg)
-        try:
+        with cls.build_errors(cfg):
             return cls(backbone, classes, variant=h.name, settings=RCNNSettings(**kw), mean=cfg.data.mean,
                        std=cfg.data.std, category_ids=data_info.get("category_ids"),
                        mask_threshold=h.mask_threshold, vis_score=h.vis_score,
                        coco_backend=coco_backend)
-        except BackboneBuildError as e:
-            raise ConfigError(f"{cfg.where('model')}: {h.name} on {cfg.model.backbone.name}: {e}") from None
 
     @classmethod
     def sample_transform(cls, cfg, train: bool):
@@ -261,8 +258,8 @@ class DetectionTask(Task):
             img = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
             img = img.expand(3, -1, -1) if img.shape[0] == 1 else img
             h, w = img.shape[-2:]
-            f = max(1, 256 // max(h, w))
-            img = F.interpolate(img[None].float(), scale_factor=f, mode="nearest")[0].to(torch.uint8)
+            f = self.zoom_factor(max(h, w))
+            img = self.zoom(img, f)
             keep = self._shown(p).cpu()
             labels = p["labels"].cpu()[keep]
             colours = [_PALETTE[int(c) % len(_PALETTE)] for c in labels]

@@ -1,8 +1,8 @@
 """Semantic segmentation: every pixel gets a class.
 
 Backbone -> head (``fcn``, ``deeplabv3`` or ``semantic_fpn``, see ``models/heads/segmentation.py``)
--> logits upsampled bilinearly to the input size (Long et al. 2015, sec. 3.3). The loss is
-per-pixel cross-entropy that skips ``ignore_index`` pixels, with optional class weights, an
+-> logits upsampled bilinearly to the input size (Long et al. 2015, sec. 3.3). The loss (beside
+the heads, with their settings :class:`SegmentationSettings`) is per-pixel cross-entropy that skips ``ignore_index`` pixels, with optional class weights, an
 optional soft Dice term (Milletari et al. 2016, eq. 1, averaged over classes) and an optional
 auxiliary FCN head on a shallower stage (Zhao et al. 2017, sec. 3.3). Predictions are scored
 by a confusion matrix (``evaluation/miou.py``).
@@ -13,47 +13,30 @@ Batch: ``images`` (B, 3, H, W) -- a list when evaluation images differ in size -
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import tv_tensors
 from torchvision.utils import make_grid
 
 from visionkit.data.datasets.segmentation import parse_palette, save_palette_png
-from visionkit.data.segmentation_transforms import segmentation_transforms
+from visionkit.data.transforms import ImageAndMask, segmentation_transforms
 from visionkit.errors import ConfigError
 from visionkit.evaluation.miou import MIoUEvaluator
-from visionkit.models.backbones.base import BackboneBuildError
 from visionkit.models.build import build_backbone
-from visionkit.models.heads.segmentation import HEADS, build_aux_head, build_segmentation_head
+from visionkit.models.heads.segmentation import (
+    SegmentationSettings,
+    boundary_factor,
+    build_aux_head,
+    cross_entropy_loss,
+    dice_loss,
+)
+from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
 from visionkit.schema import Field
 from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
-
-
-def label_boundaries(target: torch.Tensor) -> torch.Tensor:
-    """``(B, H, W)`` bool: pixels with a different label value (ignore included) in their 3x3
-    neighbourhood (the image border is not a change)."""
-    t = target.unsqueeze(1).float()
-    pad = F.pad(t, (1, 1, 1, 1), mode="replicate")
-    return (F.max_pool2d(pad, 3, 1) != -F.max_pool2d(-pad, 3, 1)).squeeze(1)
-
-
-class _ImageAndMask:
-    """A sample transform applying ``t`` to the image and its label map together (a class, not a
-    closure, so loader workers started by spawn or forkserver can receive it)."""
-
-    def __init__(self, t):
-        self.t = t
-
-    def __call__(self, sample: dict) -> dict:
-        if "semantic" in sample:  # Mask, so v2 resizes it with nearest and pads it with ignore
-            sample["image"], sample["semantic"] = self.t(tv_tensors.Image(sample["image"]),
-                                                         tv_tensors.Mask(sample["semantic"]))
-        else:  # predict: an image alone
-            sample["image"] = self.t(sample["image"])
-        return sample
 
 
 @TASKS.register("segmentation")
@@ -97,61 +80,29 @@ class SegmentationTask(Task):
                             f"ignore value {ignore}")
         return problems
 
-    @classmethod
-    def head_schema(cls) -> dict:
-        return {
-            "name": Field(str, "semantic_fpn", choices=HEADS),
-            "num_classes": Field(int, None, nullable=True, min=1, help="null: from the data set"),
-            "channels": Field(int, None, nullable=True, min=1,
-                              help="head width; null: deeplabv3 256 (ASPP), semantic_fpn 128"),
-            "fpn_channels": Field(int, 256, min=1, help="semantic_fpn: FPN width"),
-            "atrous_rates": Field([int], [12, 24, 36], min=1, help="deeplabv3: ASPP dilation rates"),
-            "upsample": Field(str, "bilinear", choices=("bilinear", "shuffle"),
-                              help="semantic_fpn: shuffle adds sub-pixel logits (sharper edges)"),
-            "refine": Field(str, None, nullable=True,
-                            help="semantic_fpn: a finer stage fused after the FPN (stem: logits at stride 2)"),
-            "refine_channels": Field(int, None, nullable=True, min=1, help="refine: fusion width; null: channels"),
-            "aux": Field(bool, False, help="auxiliary FCN head on a shallower stage (training only)"),
-            "aux_stage": Field(str, None, nullable=True, help="null: the stage before the deepest"),
-            "aux_weight": Field(float, 0.4, min=0),
-            "ignore_index": Field(int, 255, min=0, max=255, help="label value left out of loss and scores"),
-            "class_weights": Field([float], None, nullable=True, min=0, help="cross-entropy weight per class"),
-            "dice_weight": Field(float, 0.0, min=0, help="weight of the soft Dice loss term"),
-            "boundary_weight": Field(float, 1.0, min=0,
-                                     help="cross-entropy weight of pixels within 1 px of a label change (1: off)"),
-            "inference": Field(str, "whole", choices=("whole", "slide")),
-            "window": Field(int, None, nullable=True, min=8, help="slide: window side; null: data.image_size"),
-            "stride": Field(int, None, nullable=True, min=1, help="slide: step; null: 2/3 of the window"),
-        }
+    settings = SegmentationSettings
 
-    def __init__(self, backbone, classes: list[str], *, head: str = "semantic_fpn", channels: int | None = None,
-                 fpn_channels: int = 256, atrous_rates=(12, 24, 36), upsample: str = "bilinear", refine: str | None = None,
-                 refine_channels: int | None = None, aux: bool = False,
-                 aux_stage: str | None = None, aux_weight: float = 0.4, ignore_index: int = 255,
-                 class_weights=None, dice_weight: float = 0.0, boundary_weight: float = 1.0, inference: str = "whole",
-                 window: int = 512, stride: int | None = None, palette=None, mean=(0.0,), std=(1.0,)):
+    def __init__(self, backbone, classes: list[str], settings: SegmentationSettings | None = None, *,
+                 palette=None, mean=(0.0,), std=(1.0,)):
         super().__init__()
+        s = settings or SegmentationSettings()
         self.backbone = backbone
         self.classes = list(classes)
         n = len(self.classes)
         owner = type(backbone).__name__
-        width = channels or (256 if head == "deeplabv3" else 128)
-        self.head = build_segmentation_head(head, backbone.feature_specs, n, channels=width,
-                                            fpn_channels=fpn_channels, atrous_rates=atrous_rates, owner=owner,
-                                            upsample=upsample, refine=refine, refine_channels=refine_channels)
+        self.head = build_head("segmentation", s.name, backbone.feature_specs, n, s, owner)
         # the aux head never reads the refine stage: its default is the stage before the deepest
-        self.aux_head = build_aux_head(backbone.feature_specs, n, aux_stage, owner) if aux else None
-        self.aux_weight = aux_weight
-        self.ignore_index = ignore_index
-        self.dice_weight = dice_weight
-        self.boundary_weight = boundary_weight
-        self.register_buffer("class_weights", None if class_weights is None
-                             else torch.tensor(class_weights, dtype=torch.float32), False)
-        self.inference, self.window = inference, window
-        self.stride = stride or max(1, window * 2 // 3)
+        self.aux_head = build_aux_head(backbone.feature_specs, n, s.aux_stage, owner) if s.aux else None
+        self.aux_weight = s.aux_weight
+        self.ignore_index = s.ignore_index
+        self.dice_weight = s.dice_weight
+        self.boundary_weight = s.boundary_weight
+        self.register_buffer("class_weights", None if s.class_weights is None
+                             else torch.tensor(s.class_weights, dtype=torch.float32), False)
+        self.inference, self.window = s.inference, s.window or 512
+        self.stride = s.stride or max(1, self.window * 2 // 3)
         self.palette = [tuple(c) for c in (palette or parse_palette(None, n))]
-        self.mean, self.std = list(mean), list(std)
-        self.set_normalization(self.mean, self.std)
+        self.set_normalization(mean, std)
 
     @classmethod
     def from_config(cls, cfg, data_info: dict) -> "SegmentationTask":
@@ -159,10 +110,7 @@ class SegmentationTask(Task):
         classes = list(data_info["classes"])
         n = len(classes)
         where = cfg.where
-        if h.num_classes is not None and h.num_classes != n:
-            raise ConfigError(f"{where('model.head.num_classes')}: 'model.head.num_classes' is {h.num_classes} "
-                              f"but the data set has "
-                              f"{n} classes ({', '.join(classes[:10])}); set it to null")
+        cls.check_num_classes(cfg, classes)
         if h.ignore_index < n:
             raise ConfigError(f"{where('model.head.ignore_index')}: 'model.head.ignore_index' {h.ignore_index} "
                               f"is a class id (0..{n - 1}); "
@@ -172,25 +120,17 @@ class SegmentationTask(Task):
                               f"{len(h.class_weights)} values for "
                               f"{n} classes; give one per class")
         backbone = build_backbone(cfg)
-        try:
-            return cls(backbone, classes, head=h.name, channels=h.channels, fpn_channels=h.fpn_channels,
-                       atrous_rates=h.atrous_rates, upsample=h.upsample, refine=h.refine, refine_channels=h.refine_channels,
-                       aux=h.aux, aux_stage=h.aux_stage, aux_weight=h.aux_weight,
-                       ignore_index=h.ignore_index, class_weights=h.class_weights, dice_weight=h.dice_weight,
-                       boundary_weight=h.boundary_weight,
-                       inference=h.inference, window=h.window or cfg.data.image_size, stride=h.stride,
-                       palette=parse_palette(cfg.data.segmentation.palette, n),
+        settings = dataclasses.replace(cls.head_settings(cfg), window=h.window or cfg.data.image_size)
+        with cls.build_errors(cfg):
+            return cls(backbone, classes, settings, palette=parse_palette(cfg.data.segmentation.palette, n),
                        mean=cfg.data.mean, std=cfg.data.std)
-        except BackboneBuildError as e:
-            raise ConfigError(f"{where('model')}: head '{h.name}' on backbone "
-                              f"'{cfg.model.backbone.name}': {e}") from None
 
     @classmethod
     def sample_transform(cls, cfg, train: bool):
         d, s = cfg.data, cfg.data.segmentation
         t = segmentation_transforms(train, crop_size=d.image_size, ignore_index=cfg.model.head.ignore_index,
                                     scale=s.scale, base_size=s.base_size, hflip=d.augment.hflip)
-        return _ImageAndMask(t)
+        return ImageAndMask(t)
 
     # -- model -------------------------------------------------------------------------------------
     def preprocess(self, batch: dict) -> dict:
@@ -231,44 +171,16 @@ class SegmentationTask(Task):
         out = self._logits(images, with_aux)
         logits, aux = out if with_aux else (out, None)
         # the rim factor depends on the labels only: computed once for the main and the aux loss
-        factor = self._rim_factor(target)
-        losses = {"loss_ce": self._ce(logits, target, factor)}
+        factor = boundary_factor(target, self.boundary_weight)
+        ce = cross_entropy_loss(logits, target, self.ignore_index, self.class_weights, factor)
+        losses = {"loss_ce": ce}
         if self.dice_weight > 0:
-            losses["loss_dice"] = self.dice_weight * self._dice(logits, target)
+            losses["loss_dice"] = self.dice_weight * dice_loss(logits, target, self.ignore_index)
         if aux is not None:
-            losses["loss_aux"] = self.aux_weight * self._ce(aux, target, factor)
+            losses["loss_aux"] = self.aux_weight * cross_entropy_loss(aux, target, self.ignore_index,
+                                                                      self.class_weights, factor)
         return losses
 
-    def _rim_factor(self, target):
-        """Per-pixel loss factor: ``boundary_weight`` on pixels whose 3x3 neighbourhood holds
-        another label, 1 elsewhere; None when ``boundary_weight`` is 1 (off)."""
-        if self.boundary_weight == 1.0:
-            return None
-        return torch.where(label_boundaries(target), self.boundary_weight, 1.0)
-
-    def _ce(self, logits, target, factor=None):
-        w = self.class_weights
-        w = None if w is None else w.to(logits.device)
-        if factor is None:
-            return F.cross_entropy(logits.float(), target, weight=w, ignore_index=self.ignore_index)
-        # a weighted mean over the labelled pixels: weight = class weight x rim factor, as
-        # cross_entropy's own class-weighted mean divides by the summed weights
-        nll = F.cross_entropy(logits.float(), target, weight=w, ignore_index=self.ignore_index, reduction="none")
-        weight = (target != self.ignore_index) * factor
-        if w is not None:
-            weight = weight * w[target.clamp(max=w.numel() - 1)]
-        return (nll * factor).sum() / weight.sum().clamp(min=1e-12)
-
-    def _dice(self, logits, target):
-        """1 - mean over classes of the soft Dice coefficient, ignore pixels left out."""
-        n = logits.shape[1]
-        valid = (target != self.ignore_index).unsqueeze(1).float()
-        probs = logits.float().softmax(1) * valid
-        onehot = F.one_hot(target.clamp(max=n - 1) * (target != self.ignore_index), n).permute(0, 3, 1, 2)
-        onehot = onehot.float() * valid
-        inter = (probs * onehot).sum((0, 2, 3))
-        total = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-        return 1 - ((2 * inter + 1) / (total + 1)).mean()
 
     @torch.no_grad()
     def _infer(self, image: torch.Tensor) -> torch.Tensor:
@@ -363,8 +275,8 @@ class SegmentationTask(Task):
             panels += row
         per_row = len(panels) // max(len(images), 1)
         side = max(max(p.shape[-2:]) for p in panels)
-        zoom = max(1, 128 // side)
-        grown = [F.interpolate(p[None].float(), scale_factor=zoom, mode="nearest")[0] for p in panels]
+        zoom = self.zoom_factor(side)
+        grown = [self.zoom(p.float(), zoom) for p in panels]
         h = max(p.shape[-2] for p in grown)
         w = max(p.shape[-1] for p in grown)
         padded = [F.pad(p, (0, w - p.shape[-1], 0, h - p.shape[-2])) for p in grown]

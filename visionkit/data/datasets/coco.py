@@ -1,6 +1,6 @@
 """Instance data: COCO json files (through pycocotools) and the ``shapes`` scenes as instances.
 
-Both give the same sample, the detection task's input (see ``visionkit.data.detection_transforms``):
+Both give the same sample, the detection task's input (see ``visionkit.data.transforms.detection``):
 ``image``, ``boxes`` (XYXY pixels), ``labels`` (0-based, contiguous), ``masks`` (``(N, H, W)``
 uint8), ``iscrowd``, ``area`` and ``image_id``.
 

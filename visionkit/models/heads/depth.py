@@ -17,8 +17,10 @@ of the network's output is the same *relative* change at every distance (what ab
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +28,23 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from visionkit.errors import ConfigError
+from visionkit.models.heads.settings import head_choices, option
+from visionkit.registry import HEADS
 
 DECODERS = ("unet", "fpn")
 LOSSES = ("l1", "silog", "berhu")
+
+
+@dataclass
+class DepthSettings:
+    """``model.head`` of ``task: depth``: the decoder and its loss."""
+
+    name: str = option("unet", choices=head_choices("depth"), help="unet: skip connections; fpn: pyramid sum")
+    channels: int = option(32, min=4, help="decoder width at stride 4 (doubles deeper, up to 4x)")
+    loss: str = option("silog", choices=LOSSES)
+    silog_lambda: float = option(0.85, min=0, max=1, help="1: fully scale invariant")
+    silog_scale: float = option(10.0, min=0)
+    berhu_threshold: float = option(0.2, min=0, max=1, help="c = threshold * max |error|")
 
 
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -61,7 +77,7 @@ class DepthHead(nn.Module):
                  stem_channels: int = 8):
         super().__init__()
         if decoder not in DECODERS:
-            raise ConfigError(f"model.head.decoder '{decoder}' is not one of {', '.join(DECODERS)}")
+            raise ConfigError(f"model.head.name '{decoder}' is not one of {', '.join(DECODERS)}")
         if not 0 < min_depth < max_depth:
             raise ConfigError(f"depth range must satisfy 0 < min_depth < max_depth, got "
                               f"{min_depth} and {max_depth}")
@@ -84,7 +100,7 @@ class DepthHead(nn.Module):
         else:
             if len(specs) < 2:
                 raise ConfigError(f"decoder 'fpn' needs at least two backbone stages, got {self.names}; "
-                                  "use decoder: unet or widen model.backbone.out_stages")
+                                  "use name: unet or widen model.backbone.out_stages")
             self.fpn = FeaturePyramidNetwork([s.channels for _, s in specs], channels)
             self.merge = conv_bn_relu(channels, channels)
             width = channels
@@ -112,6 +128,10 @@ class DepthHead(nn.Module):
         x = self.refine(self.decode(features), self.stem(images))
         logits = self.predict(x)[:, 0].float()
         return torch.exp(self.log_min + torch.sigmoid(logits) * (self.log_max - self.log_min))
+
+
+for _decoder in DECODERS:  # the heads are one class; the decoder is its argument
+    HEADS.register(f"depth.{_decoder}", functools.partial(DepthHead, decoder=_decoder))
 
 
 # ---------------------------------------------------------------------------------------------

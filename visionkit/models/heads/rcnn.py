@@ -18,6 +18,7 @@ argument, which is what makes the CPU defaults (see :class:`RCNNSettings`) possi
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
@@ -31,11 +32,11 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from visionkit.data.segmentation_transforms import resize_masks
+from visionkit.data.transforms.segmentation import resize_masks
 from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec
 from visionkit.models.backbones.base import norm_layer as backbone_norm_layer
 from visionkit.models.heads.roi_align import FastMultiScaleRoIAlign
-from visionkit.models.necks.fpn import FPN
+from visionkit.registry import HEADS, NECKS
 
 VARIANTS = ("faster_rcnn", "mask_rcnn")
 NORMS = ("none", "batch", "group")
@@ -120,8 +121,8 @@ class BackboneFPN(nn.Module):
             self.body = backbone
         else:
             object.__setattr__(self, "body", backbone)  # a plain reference, not a submodule
-        self.fpn = FPN(backbone.feature_specs, channels, extra_pool=extra_pool, owner=type(backbone).__name__,
-                       norm_layer=norm_layer(norm))
+        self.fpn = NECKS.build("fpn", backbone.feature_specs, channels, extra_pool=extra_pool,
+                               owner=type(backbone).__name__, norm_layer=norm_layer(norm))
         self.out_channels = channels
         self.feature_specs: dict[str, FeatureSpec] = self.fpn.feature_specs
 
@@ -287,3 +288,7 @@ class RCNN(GeneralizedRCNN):
     @property
     def has_masks(self) -> bool:
         return self.variant == "mask_rcnn"
+
+
+for _variant in VARIANTS:  # one class; the variant says whether it has the mask head
+    HEADS.register(f"detection.{_variant}", functools.partial(RCNN, variant=_variant))

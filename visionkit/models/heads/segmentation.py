@@ -14,11 +14,16 @@ feature it reads; the task upsamples them to the input size.
   after it, as DeepLabV3+'s decoder fuses low-level features (Chen et al. 2018, sec. 3.2: a
   1x1 conv narrows them, they are concatenated with the 2x-upsampled decoder output, 3x3 convs
   follow), so the logits come at stride 2 and object rims are not limited to the stride-4 grid.
+
+The losses below are the task's: per-pixel cross-entropy that skips ``ignore_index`` pixels, with
+optional class weights and extra weight on label rims, and an optional soft Dice term (Milletari et
+al. 2016, eq. 1, averaged over classes).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -28,9 +33,38 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
 from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec, group_norm
-from visionkit.models.necks.fpn import FPN
+from visionkit.models.heads.settings import head_choices, option
+from visionkit.registry import HEADS, NECKS
 
-HEADS = ("fcn", "deeplabv3", "semantic_fpn")
+
+@dataclass
+class SegmentationSettings:
+    """``model.head`` of ``task: segmentation``: the head, its auxiliary head, the loss and inference."""
+
+    name: str = option("semantic_fpn", choices=head_choices("segmentation"))
+    num_classes: int | None = option(None, min=1, help="null: from the data set")
+    channels: int | None = option(None, min=1,
+                                  help="head width; null: deeplabv3 256 (ASPP), semantic_fpn 128")
+    fpn_channels: int = option(256, min=1, help="semantic_fpn: FPN width")
+    atrous_rates: list[int] = option([12, 24, 36], min=1,  # noqa: RUF009
+                                     help="deeplabv3: ASPP dilation rates")
+    upsample: str = option("bilinear", choices=("bilinear", "shuffle"),
+                           help="semantic_fpn: shuffle adds sub-pixel logits (sharper edges)")
+    refine: str | None = option(None,
+                                help="semantic_fpn: a finer stage fused after the FPN (stem: logits at stride 2)")
+    refine_channels: int | None = option(None, min=1, help="refine: fusion width; null: channels")
+    aux: bool = option(False, help="auxiliary FCN head on a shallower stage (training only)")
+    aux_stage: str | None = option(None, help="null: the stage before the deepest")
+    aux_weight: float = option(0.4, min=0)
+    ignore_index: int = option(255, min=0, max=255, help="label value left out of loss and scores")
+    class_weights: list[float] | None = option(None, min=0,  # noqa: RUF009
+                                               help="cross-entropy weight per class")
+    dice_weight: float = option(0.0, min=0, help="weight of the soft Dice loss term")
+    boundary_weight: float = option(1.0, min=0,
+                                    help="cross-entropy weight of pixels within 1 px of a label change (1: off)")
+    inference: str = option("whole", choices=("whole", "slide"))
+    window: int | None = option(None, min=8, help="slide: window side; null: data.image_size")
+    stride: int | None = option(None, min=1, help="slide: step; null: 2/3 of the window")
 
 
 class SingleStageHead(nn.Module):
@@ -78,7 +112,7 @@ class SemanticFPNHead(nn.Module):
             width = refine_channels or channels
             low = max(8, width // 4)  # DeepLabV3+ narrows the low level (48 of 304 channels)
             self.fuse = _Fuse(fine.channels, channels, low, width)
-        self.fpn = FPN(feature_specs, fpn_channels, owner=owner)
+        self.fpn = NECKS.build("fpn", feature_specs, fpn_channels, owner=owner)
         strides = [s.stride for s in feature_specs.values()]
         self.stride = strides[0]
         self.scale_heads = nn.ModuleDict()
@@ -151,24 +185,33 @@ class _Fuse(nn.Module):
         return self.conv(torch.cat([x, self.low(fine)], 1))
 
 
-def build_segmentation_head(name: str, feature_specs: dict[str, FeatureSpec], num_classes: int, *,
-                            channels: int = 256, fpn_channels: int = 256,
-                            atrous_rates: Sequence[int] = (12, 24, 36), owner: str = "backbone",
-                            upsample: str = "bilinear", refine: str | None = None,
-                            refine_channels: int | None = None) -> nn.Module:
-    """The head ``name`` (one of :data:`HEADS`) for a backbone declaring ``feature_specs``."""
-    if name not in HEADS:
-        raise BackboneBuildError(f"unknown segmentation head '{name}'; choose one of {', '.join(HEADS)}")
-    if name == "semantic_fpn":
-        return SemanticFPNHead(feature_specs, num_classes, fpn_channels, channels, owner, upsample, refine,
-                               refine_channels)
-    if refine is not None:
-        raise BackboneBuildError(f"refine is a semantic_fpn option; head '{name}' has no decoder to refine")
+def _deepest(feature_specs: dict[str, FeatureSpec], s: SegmentationSettings) -> tuple[str, FeatureSpec]:
+    if s.refine is not None:
+        raise BackboneBuildError(f"refine is a semantic_fpn option; head '{s.name}' has no decoder to refine")
     stage = list(feature_specs)[-1]
-    spec = feature_specs[stage]
-    if name == "fcn":
-        return SingleStageHead(stage, FCNHead(spec.channels, num_classes), spec.stride)
-    return SingleStageHead(stage, deeplab_head(spec.channels, num_classes, atrous_rates, channels), spec.stride)
+    return stage, feature_specs[stage]
+
+
+@HEADS.register("segmentation.fcn")
+def fcn(feature_specs: dict[str, FeatureSpec], num_classes: int, s: SegmentationSettings,
+        owner: str = "backbone") -> nn.Module:
+    stage, spec = _deepest(feature_specs, s)
+    return SingleStageHead(stage, FCNHead(spec.channels, num_classes), spec.stride)
+
+
+@HEADS.register("segmentation.deeplabv3")
+def deeplabv3(feature_specs: dict[str, FeatureSpec], num_classes: int, s: SegmentationSettings,
+              owner: str = "backbone") -> nn.Module:
+    stage, spec = _deepest(feature_specs, s)
+    head = deeplab_head(spec.channels, num_classes, s.atrous_rates, s.channels or 256)
+    return SingleStageHead(stage, head, spec.stride)
+
+
+@HEADS.register("segmentation.semantic_fpn")
+def semantic_fpn(feature_specs: dict[str, FeatureSpec], num_classes: int, s: SegmentationSettings,
+                 owner: str = "backbone") -> nn.Module:
+    return SemanticFPNHead(feature_specs, num_classes, s.fpn_channels, s.channels or 128, owner, s.upsample,
+                           s.refine, s.refine_channels)
 
 
 def build_aux_head(feature_specs: dict[str, FeatureSpec], num_classes: int, stage: str | None,
@@ -184,3 +227,48 @@ def build_aux_head(feature_specs: dict[str, FeatureSpec], num_classes: int, stag
         raise BackboneBuildError(f"aux_stage '{stage}' is not a stage {owner} returns ({', '.join(names)})")
     spec = feature_specs[stage]
     return SingleStageHead(stage, FCNHead(spec.channels, num_classes), spec.stride)
+
+
+# -- losses ----------------------------------------------------------------------------------------
+def label_boundaries(target: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` bool: pixels with a different label value (ignore included) in their 3x3
+    neighbourhood (the image border is not a change)."""
+    t = target.unsqueeze(1).float()
+    pad = F.pad(t, (1, 1, 1, 1), mode="replicate")
+    return (F.max_pool2d(pad, 3, 1) != -F.max_pool2d(-pad, 3, 1)).squeeze(1)
+
+
+def boundary_factor(target: torch.Tensor, boundary_weight: float) -> torch.Tensor | None:
+    """Per-pixel loss factor: ``boundary_weight`` on pixels whose 3x3 neighbourhood holds another
+    label, 1 elsewhere; None when ``boundary_weight`` is 1 (off)."""
+    if boundary_weight == 1.0:
+        return None
+    return torch.where(label_boundaries(target), boundary_weight, 1.0)
+
+
+def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
+                       class_weights: torch.Tensor | None = None,
+                       factor: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over the labelled pixels, class-weighted and rim-weighted (``factor``)."""
+    w = None if class_weights is None else class_weights.to(logits.device)
+    if factor is None:
+        return F.cross_entropy(logits.float(), target, weight=w, ignore_index=ignore_index)
+    # a weighted mean over the labelled pixels: weight = class weight x rim factor, as
+    # cross_entropy's own class-weighted mean divides by the summed weights
+    nll = F.cross_entropy(logits.float(), target, weight=w, ignore_index=ignore_index, reduction="none")
+    weight = (target != ignore_index) * factor
+    if w is not None:
+        weight = weight * w[target.clamp(max=w.numel() - 1)]
+    return (nll * factor).sum() / weight.sum().clamp(min=1e-12)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """1 - mean over classes of the soft Dice coefficient, ignore pixels left out."""
+    n = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1).float()
+    probs = logits.float().softmax(1) * valid
+    onehot = F.one_hot(target.clamp(max=n - 1) * (target != ignore_index), n).permute(0, 3, 1, 2)
+    onehot = onehot.float() * valid
+    inter = (probs * onehot).sum((0, 2, 3))
+    total = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    return 1 - ((2 * inter + 1) / (total + 1)).mean()

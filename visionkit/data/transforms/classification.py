@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["RandomResizedCropFlip", "classification_transforms"]
+__all__ = ["OnImage", "RandomResizedCropFlip", "classification_transforms"]
 
 
 class RandomResizedCropFlip:
@@ -107,3 +107,15 @@ def classification_transforms(
             v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std]),
         ]
     return v2.Compose(steps)
+
+
+class OnImage:
+    """A sample transform applying ``t`` to the image (a class, not a closure, so loader workers
+    started by spawn or forkserver can receive it)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self, sample: dict) -> dict:
+        sample["image"] = self.t(sample["image"])
+        return sample

@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["RandomScale", "Resize", "resize_masks", "segmentation_transforms"]
+__all__ = ["ImageAndMask", "RandomScale", "Resize", "resize_masks", "segmentation_transforms"]
 
 
 def resize_masks(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -86,3 +86,19 @@ def segmentation_transforms(train: bool, *, crop_size: int, ignore_index: int,
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip))
     return v2.Compose(steps)
+
+
+class ImageAndMask:
+    """A sample transform applying ``t`` to the image and its label map together (a class, not a
+    closure, so loader workers started by spawn or forkserver can receive it)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self, sample: dict) -> dict:
+        if "semantic" in sample:  # Mask, so v2 resizes it with nearest and pads it with ignore
+            sample["image"], sample["semantic"] = self.t(tv_tensors.Image(sample["image"]),
+                                                         tv_tensors.Mask(sample["semantic"]))
+        else:  # predict: an image alone
+            sample["image"] = self.t(sample["image"])
+        return sample

@@ -19,7 +19,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from visionkit.data.segmentation_transforms import resize_masks
+from visionkit.data.transforms.segmentation import resize_masks
 
 
 class _DropCrowd:
