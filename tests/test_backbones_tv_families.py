@@ -103,9 +103,8 @@ def test_too_small_input_names_the_minimum(name):
     with pytest.raises(BackboneBuildError, match=f"at least {m}x{m}"):
         net(torch.randn(1, 3, m - 1, m + 10))
     net.min_input_size = 1  # the declared minimum is tight: one pixel less breaks a layer
-    with pytest.raises(RuntimeError):
-        with torch.no_grad():
-            net(torch.randn(1, 3, m - 1, m - 1))
+    with pytest.raises(RuntimeError), torch.no_grad():
+        net(torch.randn(1, 3, m - 1, m - 1))
 
 
 @pytest.mark.parametrize("name", CHEAP_HEAD)

@@ -9,12 +9,17 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from visionkit.data.datasets.depth import (DepthPairs, folder_pairs, read_depth, read_list,
-                                           write_depth_png)
-from visionkit.data.datasets.synthetic import (DEPTH_FAR, DEPTH_NEAR, ground_depth, load_annotations,
-                                               render_depth, render_instance_masks)
-from visionkit.errors import DataError
+from visionkit.data.datasets.depth import DepthPairs, folder_pairs, read_depth, read_list, write_depth_png
+from visionkit.data.datasets.synthetic import (
+    DEPTH_FAR,
+    DEPTH_NEAR,
+    ground_depth,
+    load_annotations,
+    render_depth,
+    render_instance_masks,
+)
 from visionkit.data.transforms import depth_transforms
+from visionkit.errors import DataError
 
 
 def _rgb(path, h=6, w=8):

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_cli as _run
+from conftest import tiny_config_dict
 from PIL import Image
 
 from visionkit import load_config
@@ -17,9 +19,6 @@ from visionkit.data.build import build_datasets
 from visionkit.data.collate import collate_samples
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
-
-from conftest import run_cli as _run
-from conftest import tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -148,7 +148,7 @@ def test_fit_then_test_then_the_process_exits(make_config, tmp_path):
     """README's Python snippet, as written there, on a tiny config with loader workers: it runs,
     and the process ends soon after its last call (persistent workers were left to a 120 s grace)."""
     readme = (ROOT / "README.md").read_text()
-    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "trainer.fit()" in block)
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "trainer.fit()" in block)
     cfg = make_config(**{"data.num_workers": 2})
     code, n = re.subn(r'load_config\("[^"]+"', f'load_config("{cfg}"', snippet)
     assert n == 1, "the README snippet no longer calls load_config(PATH, ...)"

@@ -14,8 +14,12 @@ from torchvision import tv_tensors
 
 from visionkit import load_config
 from visionkit.data.build import build_datasets, build_source
-from visionkit.data.datasets.segmentation import (SHAPES_SEGMENTATION_CLASSES, read_label, save_palette_png,
-                                                  voc_palette)
+from visionkit.data.datasets.segmentation import (
+    SHAPES_SEGMENTATION_CLASSES,
+    read_label,
+    save_palette_png,
+    voc_palette,
+)
 from visionkit.data.datasets.synthetic import load_annotations
 from visionkit.data.transforms import segmentation_transforms
 from visionkit.errors import ConfigError, DataError

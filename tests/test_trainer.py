@@ -188,7 +188,7 @@ def test_fp16_steps_skipped_by_the_loss_scaler_raise_no_scheduler_order_warning(
     trainer = Trainer(cfg, tmp_path / "r", log=lambda *a: None)
     # 2**24 overflows fp16 gradients at once; halving per skipped step it settles after a few
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
-    weights = lambda: torch.nn.utils.parameters_to_vector(trainer.task.parameters()).detach().clone()  # noqa: E731
+    weights = lambda: torch.nn.utils.parameters_to_vector(trainer.task.parameters()).detach().clone()
     before = weights()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from torchvision.io import ImageReadMode
 from torchvision.utils import save_image
 
 from visionkit.config import Config, as_config
-from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, is_image, read_image
 from visionkit.data.build import build_datasets, build_loader, build_source
+from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, is_image, read_image
 from visionkit.engine import distributed
 from visionkit.engine.evaluate import evaluate as run_evaluation
 from visionkit.engine.loading import load_weights, task_from_checkpoint
-from visionkit.engine.runtime import (AMP_DTYPES, autocast, prepare_task, resolve_amp, resolve_device, seed_everything,
-                                      stop_workers)
+from visionkit.engine.runtime import (
+    AMP_DTYPES,
+    autocast,
+    prepare_task,
+    resolve_amp,
+    resolve_device,
+    seed_everything,
+    stop_workers,
+)
 from visionkit.engine.trainer import Trainer
 from visionkit.errors import ConfigError, DataError
 from visionkit.registry import TASKS

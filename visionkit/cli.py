@@ -166,8 +166,8 @@ def cmd_info(args) -> int:
         return 0
     if args.config:
         from visionkit.config import load_config
-        from visionkit.models.stats import count_macs, count_params
         from visionkit.data.build import build_source
+        from visionkit.models.stats import count_macs, count_params
 
         cfg = load_config(args.config, args.overrides)
         classes = build_source(cfg).classes
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001  (one line for users; --debug for developers)
+    except Exception as e:
         if args.debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""

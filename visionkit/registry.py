@@ -7,7 +7,7 @@ Only registered names build objects: a config never carries an import path (see 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 class RegistryError(KeyError):

@@ -42,7 +42,7 @@ class Paused:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
 
-    def wait(self, timeout=240) -> "Paused":
+    def wait(self, timeout=240) -> Paused:
         deadline = time.monotonic() + timeout
         while not self.marker.exists():
             if self.proc.poll() is not None:

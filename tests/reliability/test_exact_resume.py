@@ -11,8 +11,6 @@ import torch
 from relhelp import Paused, assert_bitwise_equal, read_jsonl, run_cli, weights
 
 
-
-
 def train_losses(run_dir):
     return [(r["step"], r["loss"]) for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "train"]
 

@@ -9,7 +9,7 @@ the batch's ``bad_samples``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -29,7 +29,7 @@ def _stack_or_list(values: list[Any]) -> Any:
     return list(values)
 
 
-def collate_samples(samples: list[Optional[dict]]) -> Optional[dict]:
+def collate_samples(samples: list[dict | None]) -> dict | None:
     """Batch the non-None samples; ``None`` when every sample was dropped.
 
     All samples must carry the same keys (a data set produces them, so a mismatch is a bug).

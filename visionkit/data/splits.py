@@ -17,9 +17,10 @@ import itertools
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def largest_remainder(total: int, weights: Sequence[Any]) -> list[int]:
     return parts
 
 
-def _split_sizes(n: int, ratios: Sequence[Any], counts: Optional[Sequence[int]]) -> list[int]:
+def _split_sizes(n: int, ratios: Sequence[Any], counts: Sequence[int] | None) -> list[int]:
     if counts is None:
         if len(ratios) != len(SPLITS):
             raise ValueError(f"ratios need one value per split {SPLITS}, got {list(ratios)}")
@@ -148,7 +149,7 @@ def stratified_split(
     targets: Sequence[int],
     *,
     ratios: Sequence[Any] = (8, 1, 1),
-    counts: Optional[Sequence[int]] = None,
+    counts: Sequence[int] | None = None,
     seed: int = 0,
 ) -> dict[str, list[int]]:
     """Indices into ``targets`` for ``train``/``val``/``test``, stratified by class.
@@ -209,7 +210,7 @@ def _as_json(value: Any) -> Any:
 
 
 def load_split(
-    path: str | os.PathLike, expected_meta: Optional[Mapping[str, Any]] = None
+    path: str | os.PathLike, expected_meta: Mapping[str, Any] | None = None
 ) -> dict[str, list[int]]:
     """Read a split written by :func:`save_split`; DataError if it was made for other data.
 

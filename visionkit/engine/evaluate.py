@@ -4,8 +4,9 @@ the final test all call :func:`evaluate` (as detectron2's ``inference_on_dataset
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 

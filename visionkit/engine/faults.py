@@ -25,8 +25,8 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 _writes = 0
 

@@ -27,13 +27,21 @@ from visionkit.engine.loading import model_settings_hint as _model_settings_hint
 from visionkit.engine.lock import RunDirLock, claim_run_dir, create_run_dir
 from visionkit.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from visionkit.engine.resume import hook_states, locate_run, note_changed_settings
-from visionkit.engine.runtime import (  # noqa: F401 (resolve_device: the API and tools import it from here)
-    AMP_DTYPES, autocast, new_run_dir, prepare_task, resolve_amp, resolve_device, rng_state, seed_everything, set_rng_state,
+from visionkit.engine.runtime import (
+    AMP_DTYPES,
+    autocast,
+    new_run_dir,
+    prepare_task,
+    resolve_amp,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
     stop_workers,
-    use_deterministic_kernels)
+    use_deterministic_kernels,
+)
 from visionkit.engine.step_losses import StepLosses, check_finite_weights
-from visionkit.errors import (  # noqa: F401 (raised by hooks; imported from here by callers)
-    CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainingInterrupted)
+from visionkit.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainingInterrupted  # noqa: F401 (raised by hooks; imported from here by callers)
 from visionkit.models.weights import load_backbone_weights
 from visionkit.registry import TASKS
 
@@ -327,7 +335,7 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
-    def __enter__(self) -> "Trainer":
+    def __enter__(self) -> Trainer:
         return self
 
     def __exit__(self, *exc) -> None:

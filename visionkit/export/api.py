@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from visionkit.config import as_config
 from visionkit.engine.loading import task_from_checkpoint
 from visionkit.errors import ConfigError, DataError
-from visionkit.export import formats, graph as graphs
+from visionkit.export import formats
+from visionkit.export import graph as graphs
 from visionkit.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, load_samples, to_input, verify
 from visionkit.registry import TASKS
 

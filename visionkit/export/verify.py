@@ -41,7 +41,7 @@ class Check:
 
     def line(self) -> str:
         status = "ok" if self.ok else "FAIL"
-        text = (f"{self.case:<24} {self.output:<8} {str(list(self.shape)):<16} max abs {self.max_abs:.3e}  "
+        text = (f"{self.case:<24} {self.output:<8} {list(self.shape)!s:<16} max abs {self.max_abs:.3e}  "
                 f"max rel {self.max_rel:.3e}  {status}")
         return f"{text}  ({self.note})" if self.note else text
 

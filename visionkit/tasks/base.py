@@ -9,7 +9,8 @@ import contextlib
 import dataclasses
 import types
 import typing
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +130,7 @@ class Task(nn.Module):
         return {}
 
     @classmethod
-    def from_config(cls, cfg, data_info: dict) -> "Task":
+    def from_config(cls, cfg, data_info: dict) -> Task:
         """Build the task from a validated config and what the data set says (class names, ...)."""
         raise NotImplementedError
 
@@ -243,7 +244,7 @@ class Task(nn.Module):
         return cfg.data.image_size, cfg.data.image_size
 
     @classmethod
-    def from_export_attrs(cls, attrs: dict) -> "Task":
+    def from_export_attrs(cls, attrs: dict) -> Task:
         """The task without weights, holding only the :attr:`export_attrs` values of an exported
         file: its output methods run unchanged on :meth:`from_export_outputs`' predictions."""
         view = cls.__new__(cls)

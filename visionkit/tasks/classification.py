@@ -46,7 +46,7 @@ class ClassificationTask(Task):
             self.monitor = ("mAP", "max")
 
     @classmethod
-    def from_config(cls, cfg, data_info: dict) -> "ClassificationTask":
+    def from_config(cls, cfg, data_info: dict) -> ClassificationTask:
         classes = data_info["classes"]
         cls.check_num_classes(cfg, classes)
         backbone = build_backbone(cfg)

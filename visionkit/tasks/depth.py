@@ -113,7 +113,7 @@ class DepthTask(Task):
         return problems
 
     @classmethod
-    def from_config(cls, cfg, data_info: dict) -> "DepthTask":
+    def from_config(cls, cfg, data_info: dict) -> DepthTask:
         d = cfg.data.depth
         if not 0 < d.min_depth < d.max_depth:
             raise ConfigError(f"{cfg.where('data.depth')}: data.depth.min_depth ({d.min_depth}) must be > 0 "

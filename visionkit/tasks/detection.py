@@ -140,7 +140,7 @@ class DetectionTask(Task):
         return problems
 
     @classmethod
-    def from_config(cls, cfg, data_info: dict) -> "DetectionTask":
+    def from_config(cls, cfg, data_info: dict) -> DetectionTask:
         h = cfg.model.head
         classes = data_info["classes"]
         cls.check_num_classes(cfg, classes)

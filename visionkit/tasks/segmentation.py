@@ -105,7 +105,7 @@ class SegmentationTask(Task):
         self.set_normalization(mean, std)
 
     @classmethod
-    def from_config(cls, cfg, data_info: dict) -> "SegmentationTask":
+    def from_config(cls, cfg, data_info: dict) -> SegmentationTask:
         h = cfg.model.head
         classes = list(data_info["classes"])
         n = len(classes)
@@ -301,7 +301,7 @@ class SegmentationTask(Task):
         return {"images": spatial, **{n: spatial for n in names}} if dynamic else {}
 
     @classmethod
-    def from_export_attrs(cls, attrs: dict) -> "SegmentationTask":
+    def from_export_attrs(cls, attrs: dict) -> SegmentationTask:
         view = super().from_export_attrs(attrs)
         view.palette = [tuple(c) for c in view.palette]  # JSON gives lists; drawing takes tuples
         return view

@@ -169,7 +169,7 @@ def depth_pairs(cfg) -> Source:
     if not root.is_dir():
         raise DataError(f"data root '{root}' does not exist; set data.root")
     scale = depth_scale(cfg)
-    make = lambda pairs: DepthPairs(pairs, scale, d.channels, d.on_error)  # noqa: E731
+    make = lambda pairs: DepthPairs(pairs, scale, d.channels, d.on_error)
     lists = {s: dd.get(f"{s}_list") for s in ("train", "val", "test")}
     if any(lists.values()):
         splits = {s: make(read_list(root / f, root)) for s, f in lists.items() if f}

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import warnings
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -217,9 +217,9 @@ class ImageFolderDataset(Dataset):
         root: str | os.PathLike,
         *,
         channels: int = 3,
-        transform: Optional[Callable] = None,
+        transform: Callable | None = None,
         on_error: str = "raise",
-        classes: Optional[Sequence[str]] = None,
+        classes: Sequence[str] | None = None,
     ):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -266,7 +266,7 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Optional[dict]:
+    def __getitem__(self, index: int) -> dict | None:
         path, label = self.samples[index]
         try:
             image = read_image(path, self.channels)

@@ -7,7 +7,7 @@ model sees the same value range in training, evaluation, prediction and export.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchvision import tv_tensors

@@ -13,7 +13,7 @@ the instances the crop cut to nothing, with their labels and masks.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision import tv_tensors

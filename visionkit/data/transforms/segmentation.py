@@ -9,7 +9,8 @@ the fill given for ``Mask`` -- the ignore value, so padding never counts as back
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchvision import tv_tensors

@@ -9,8 +9,8 @@ state dict loads strictly and gives identical outputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 from torch import nn
 

@@ -9,8 +9,8 @@ Parameter names stay those of torchvision's model, so torchvision checkpoints lo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

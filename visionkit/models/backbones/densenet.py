@@ -8,9 +8,8 @@ and drop its ``classifier``, so a torchvision state dict without ``classifier.*`
 from __future__ import annotations
 
 import re
-
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import torch
 from torch import nn

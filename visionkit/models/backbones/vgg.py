@@ -8,8 +8,8 @@ is built apart by :meth:`VGGBackbone.build_classifier` under torchvision's names
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import torch
 from torch import nn

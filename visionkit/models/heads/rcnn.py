@@ -126,7 +126,7 @@ class BackboneFPN(nn.Module):
         self.out_channels = channels
         self.feature_specs: dict[str, FeatureSpec] = self.fpn.feature_specs
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return OrderedDict(self.fpn(self.body(x)))
 
 

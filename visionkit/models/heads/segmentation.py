@@ -23,8 +23,8 @@ al. 2016, eq. 1, averaged over classes).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
