@@ -102,8 +102,8 @@ def test_unknown_category_id_is_a_named_error(tmp_path):
     ({"images": []}, "has no images: its 'images' list is missing or empty; list each image as"),
     ({"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], "annotations": []},
      "has no categories: its 'categories' list is missing or empty; list each class as"),
-    ([], "is not a COCO instances file: its top level is a list, but must be an object with 'images', "
-         "'annotations' and 'categories' lists"),
+    ([], ("is not a COCO instances file: its top level is a list, but must be an object with 'images', "
+          "'annotations' and 'categories' lists")),
 ])
 def test_a_file_without_images_or_categories_or_not_an_object_is_a_named_error(tmp_path, content, needle):
     path = tmp_path / "instances_train.json"

@@ -29,8 +29,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def assert_bitwise_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"'{k}' differs"
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), f"'{k}' differs"
 
 
 class Recorder(Hook):

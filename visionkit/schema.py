@@ -193,8 +193,7 @@ def base_schema() -> dict:
             "channels_last": Field((bool, str), "auto", choices=("auto", True, False),
                                    help="NHWC weights and batches; auto: on CUDA (tensor-core convolutions)"),
             "compile": Field(bool, False, help="torch.compile what each step runs with one shape "
-                             "(Task.compile_targets); a minute or more to compile; measured on "
-                             "classification on a GPU, README row 8"),
+                             "(Task.compile_targets); pays off on a GPU, after a minute or more of compiling"),
             "accumulate": Field(int, 1, min=1),
             "sync_bn": Field(bool, False, help="under torchrun: BatchNorm statistics over the global batch"),
             "scale_lr": Field(str, "none", choices=("none", "linear", "sqrt"),

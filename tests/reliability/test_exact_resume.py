@@ -31,7 +31,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(cli_config, tmp_path, de
     assert r.returncode == 0, r.stderr
 
     part = tmp_path / "part"
-    code, out, err = Paused(tmp_path, "train", cfg, "--run-dir", part, pause_after_step=9).wait().signal(signal.SIGKILL)
+    code, _, _ = Paused(tmp_path, "train", cfg, "--run-dir", part, pause_after_step=9).wait().signal(signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert max(s for s, _ in train_losses(part)) == 9  # the killed run had logged step 9
     r = run_cli("train", cfg, "--run-dir", part, "--resume")
@@ -59,7 +59,7 @@ def test_sigterm_saves_a_checkpoint_and_resumes_to_the_same_weights(cli_config, 
     assert run_cli("train", cfg, "--run-dir", full).returncode == 0
 
     part = tmp_path / "part"
-    code, out, err = Paused(tmp_path, "train", cfg, "--run-dir", part, pause_after_step=3).wait().signal(signal.SIGTERM)
+    code, _, err = Paused(tmp_path, "train", cfg, "--run-dir", part, pause_after_step=3).wait().signal(signal.SIGTERM)
     assert code == 130, err
     assert "stopped by SIGTERM at epoch 1 batch 3 (step 3)" in err and "--resume" in err
     assert (part / "checkpoints" / "step_00000003.pt").exists()
@@ -77,7 +77,7 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints_and_resumes(cli_co
     assert run_cli("train", cfg, "--run-dir", full).returncode == 0
 
     part = tmp_path / "part"
-    code, out, err = Paused(tmp_path, "train", cfg, "--run-dir", part, pause_after_step=3).wait().signal(
+    code, _, err = Paused(tmp_path, "train", cfg, "--run-dir", part, pause_after_step=3).wait().signal(
         signal.SIGTERM, group=True)
     assert code == 130, err
     assert "stopped by SIGTERM at epoch 1 batch 3 (step 3)" in err

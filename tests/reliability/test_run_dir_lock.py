@@ -16,7 +16,7 @@ def test_a_second_train_on_a_run_directory_in_use_is_refused(cli_config, tmp_pat
         assert f"in use by process {first.proc.pid} on host" in second.stderr
         assert "choose another --run-dir" in second.stderr
         first.marker.unlink()  # the first run goes on, undisturbed
-        out, err = first.proc.communicate(timeout=300)
+        _, err = first.proc.communicate(timeout=300)
     finally:
         if first.proc.poll() is None:
             first.proc.kill()

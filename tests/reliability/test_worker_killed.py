@@ -39,7 +39,7 @@ def test_killed_worker_fails_fast_and_resume_works(cli_config, tmp_path):
     start = time.monotonic()
     os.kill(workers[0], signal.SIGKILL)
     paused.marker.unlink()  # let the main process go on
-    code, out, err = paused.signal(0, timeout=60)  # signal 0: just wait for it to end
+    code, _, err = paused.signal(0, timeout=60)  # signal 0: just wait for it to end
     assert time.monotonic() - start < 60
     assert code == 1 and "data loading failed at epoch 2" in err, err
     assert "--resume" in err and "Traceback" not in err

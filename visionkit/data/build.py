@@ -281,8 +281,9 @@ def build_loader(dataset: SplitView, cfg, train: bool, device: torch.device, *,
     workers = d.num_workers
     # the loader's own generator: creating an iterator then draws its worker seed from it, not
     # from the global RNG, whose stream a resumed run must continue exactly
-    kwargs = dict(num_workers=workers, collate_fn=collate_samples, generator=torch.Generator().manual_seed(0),
-                  pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    kwargs = {"num_workers": workers, "collate_fn": collate_samples,
+              "generator": torch.Generator().manual_seed(0),
+              "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
     if workers > 0:
         kwargs["prefetch_factor"] = 4
         kwargs["worker_init_fn"] = _worker_init

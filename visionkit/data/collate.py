@@ -23,9 +23,9 @@ def _stack_or_list(values: list[Any]) -> Any:
 
     Variable sizes -- detection images, per-image boxes -- stay lists, as the Batch contract says.
     """
-    if values and all(isinstance(v, torch.Tensor) for v in values):
-        if all(v.shape == values[0].shape for v in values):
-            return torch.stack([v.as_subclass(torch.Tensor) for v in values])
+    if (values and all(isinstance(v, torch.Tensor) for v in values)
+            and all(v.shape == values[0].shape for v in values)):
+        return torch.stack([v.as_subclass(torch.Tensor) for v in values])
     return list(values)
 
 

@@ -135,10 +135,10 @@ def _allocate(class_sizes: np.ndarray, totals: list[int], pinned: np.ndarray) ->
                 for r in range(len(middle) + 1):
                     for via in itertools.permutations(middle, r):
                         path = (s, *via, t)
-                        cost = sum(edge_cost[a, b] for a, b in zip(path, path[1:]))
+                        cost = sum(edge_cost[a, b] for a, b in itertools.pairwise(path))
                         if cost < best_cost - 1e-9:
                             best_path, best_cost = path, cost
-        for a, b in zip(best_path, best_path[1:]):
+        for a, b in itertools.pairwise(best_path):
             c = edge_class[a, b]
             alloc[c, a] -= 1
             alloc[c, b] += 1

@@ -34,7 +34,7 @@ class RunDirLock:
         """Take the lock, or raise :class:`RunDirInUse` naming the process that has it."""
         if self.held or fcntl is None:
             return
-        f = open(self.path, "a+")
+        f = open(self.path, "a+")  # noqa: SIM115 (held open while the lock is held; closed by release())
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

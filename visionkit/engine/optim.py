@@ -71,7 +71,7 @@ def lr_factor(sched, it: int, iters_per_epoch: int, total_iters: int, base_lr: f
         f = (1 - t) ** sched.power
     else:
         raise ValueError(f"unknown schedule {name}")
-    warmup = int(round(sched.warmup_epochs * iters_per_epoch))
+    warmup = round(sched.warmup_epochs * iters_per_epoch)
     if it < warmup:
         alpha = it / warmup
         f *= sched.warmup_factor * (1 - alpha) + alpha

@@ -111,10 +111,8 @@ def stop_workers(loader) -> None:
     unregisters them from torch's SIGCHLD handler (otherwise it raises again, as noise, at exit)."""
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        try:
+        with contextlib.suppress(Exception):  # a worker that already died: nothing left to stop
             iterator._shutdown_workers()
-        except Exception:  # noqa: BLE001 (a worker that already died: nothing left to stop)
-            pass
         loader._iterator = None
 
 

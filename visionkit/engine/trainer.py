@@ -13,6 +13,7 @@ import math
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -44,6 +45,9 @@ from visionkit.engine.step_losses import StepLosses, check_finite_weights
 from visionkit.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, TrainingInterrupted  # noqa: F401 (raised by hooks; imported from here by callers)
 from visionkit.models.weights import load_backbone_weights
 from visionkit.registry import TASKS
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 # what torch's DataLoader raises when a worker dies (killed for memory, segfault) or hangs
 _LOADER_FAILURE = re.compile(r"DataLoader (worker \(pid|timed out)")
@@ -335,7 +339,7 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
-    def __enter__(self) -> Trainer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

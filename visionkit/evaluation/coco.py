@@ -177,7 +177,7 @@ class CocoEvaluator(Evaluator):
             p = precision[:, :, k, 0, -1]
             p = p[p > -1]
             out[self.classes[self.category_ids.index(cat)]] = float(p.mean()) if p.size else float("nan")
-        return {n: v for n, v in out.items() if v == v}  # classes absent from the split: no AP
+        return {n: v for n, v in out.items() if v == v}  # noqa: PLR0124 (NaN: a class absent from the split, no AP)
 
     def details(self) -> dict:
         return {f"{t}_per_class_AP": v for t, v in self._per_class.items()} | {

@@ -76,14 +76,14 @@ class Runner:
             raise CheckpointError(f"exported model '{self.path}' does not exist")
         self.format = fmt or ("onnx" if self.path.suffix.lower() == ".onnx" else "torchscript")
         if self.format == "onnx":
-            onnx, ort = require_onnx()
+            _, ort = require_onnx()
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = threads
                 opts.inter_op_num_threads = 1
             try:
                 self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-            except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            except Exception as e:  # noqa: BLE001 (onnxruntime raises its own Fail/InvalidGraph types)
                 raise CheckpointError(f"'{self.path}' is not a loadable ONNX model: "
                                       f"{str(e).splitlines()[0][:200]}") from None
             self.raw_meta = dict(self.session.get_modelmeta().custom_metadata_map)

@@ -58,7 +58,7 @@ class DepthTask(Task):
 
     @classmethod
     def data_schema(cls) -> dict:
-        size = dict(nullable=True, length=2, min=1)
+        size = {"nullable": True, "length": 2, "min": 1}
         return {"depth": {
             "format": Field(str, "nyu", choices=("nyu", "kitti"),
                             help="nyu: 16-bit PNG mm; kitti: 16-bit PNG m*256, sparse"),

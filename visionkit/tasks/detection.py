@@ -37,11 +37,11 @@ _PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#
             "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"]
 
 _LIMITS = {  # extra checks on the RCNNSettings fields, by name
-    "fpn_channels": dict(min=1), "box_representation": dict(min=1), "mask_channels": dict(min=1),
-    "mask_convs": dict(min=0), "box_roi_size": dict(min=1), "mask_roi_size": dict(min=1),
-    "anchor_scales": dict(min=0.01), "anchor_ratios": dict(min=0.01), "size_divisible": dict(min=1),
-    "detections_per_img": dict(min=1), "roi_sampling_ratio": dict(min=-1), "roi_canonical_scale": dict(min=1),
-    "mask_sampling_ratio": dict(min=-1),
+    "fpn_channels": {"min": 1}, "box_representation": {"min": 1}, "mask_channels": {"min": 1},
+    "mask_convs": {"min": 0}, "box_roi_size": {"min": 1}, "mask_roi_size": {"min": 1},
+    "anchor_scales": {"min": 0.01}, "anchor_ratios": {"min": 0.01}, "size_divisible": {"min": 1},
+    "detections_per_img": {"min": 1}, "roi_sampling_ratio": {"min": -1}, "roi_canonical_scale": {"min": 1},
+    "mask_sampling_ratio": {"min": -1},
 }
 
 
@@ -134,9 +134,9 @@ class DetectionTask(Task):
         if bad.numel():
             problems.append(f"labels {bad.tolist()[:10]} are outside 0..{n - 1}")
         masks = sample.get("masks")
-        if isinstance(masks, torch.Tensor) and h is not None:
-            if masks.shape[0] != len(b) or tuple(masks.shape[-2:]) != (h, w):
-                problems.append(f"masks have shape {tuple(masks.shape)}, expected ({len(b)}, {h}, {w})")
+        if isinstance(masks, torch.Tensor) and h is not None and (
+                masks.shape[0] != len(b) or tuple(masks.shape[-2:]) != (h, w)):
+            problems.append(f"masks have shape {tuple(masks.shape)}, expected ({len(b)}, {h}, {w})")
         return problems
 
     @classmethod

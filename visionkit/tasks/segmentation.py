@@ -166,7 +166,7 @@ class SegmentationTask(Task):
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         images, target = batch["images"], batch["semantic"]
         if isinstance(images, list):
-            raise ValueError("training batches must have one image size; check data.image_size (the crop)")
+            raise ValueError("training batches must have one image size; check data.image_size (the crop)")  # noqa: TRY004 (a bad batch, not a bad type: keep ValueError)
         with_aux = self.aux_head is not None
         out = self._logits(images, with_aux)
         logits, aux = out if with_aux else (out, None)
@@ -263,7 +263,7 @@ class SegmentationTask(Task):
         """Rows of (image, ground truth overlay, prediction overlay); without ground truth,
         (image, prediction overlay). Small images are enlarged to 128 px to be legible."""
         images = batch["images"]
-        images = list(images[:max_images]) if isinstance(images, list) else list(images[:max_images])
+        images = list(images[:max_images])
         truth = batch.get("semantic")
         panels = []
         for i, img in enumerate(images):

@@ -193,7 +193,7 @@ class CocoDetection(Dataset):
                 if a.get("segmentation"):
                     masks[k] = self.coco.annToMask(a)
                 else:  # a box-only annotation: its box is the best mask there is
-                    x0, y0, x1, y1 = (int(round(v)) for v in a["_xyxy"])
+                    x0, y0, x1, y1 = (round(v) for v in a["_xyxy"])
                     masks[k, y0:y1, x0:x1] = 1
         return instance_sample(
             image, [a["_xyxy"] for a in anns], [self.label_of[a["category_id"]] for a in anns], masks,

@@ -132,7 +132,7 @@ def split_roots(root: str | os.PathLike) -> dict[str, str]:
     candidates = {name: os.path.join(root, name) for name in SPLIT_NAMES}
     roots = {name: path for name, path in candidates.items() if os.path.isdir(path)}
     reference = find_classes(roots["train"])
-    for name, path in roots.items():
+    for path in roots.values():
         classes = find_classes(path)
         if classes != reference:
             missing = sorted(set(reference) - set(classes))

@@ -219,7 +219,8 @@ def segmentation_folder(cfg) -> Source:
     if not root.is_dir():
         raise DataError(f"data root '{root}' does not exist; set data.root")
     ignore = cfg.model.head.ignore_index
-    kw = dict(ignore_index=ignore, lookup=id_lookup(s.id_map, ignore), channels=d.channels, on_error=d.on_error)
+    kw = {"ignore_index": ignore, "lookup": id_lookup(s.id_map, ignore), "channels": d.channels,
+          "on_error": d.on_error}
     n = len(s.classes)
     info = {"palette": parse_palette(s.palette, n)}
     if s.split_lists:

@@ -19,7 +19,7 @@ def image_folder(cfg) -> Source:
     """One folder per class under ``data.root``; ``train/ val/ [test/]`` below it are its own splits."""
     d = cfg.data
     root = Path(d.root)
-    kw = dict(channels=d.channels, on_error=d.on_error)
+    kw = {"channels": d.channels, "on_error": d.on_error}
     if has_own_splits(root):
         splits = {name: ImageFolderDataset(p, **kw) for name, p in split_roots(root).items()}
         _need_two_classes(cfg, splits["train"])

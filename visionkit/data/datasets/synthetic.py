@@ -108,8 +108,8 @@ def _coverage(polygon, height: int, width: int) -> np.ndarray:
     """
     pts = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
     x0, y0 = np.maximum(np.floor(pts.min(0)).astype(int), 0)
-    x1 = min(int(math.ceil(pts[:, 0].max())), width)
-    y1 = min(int(math.ceil(pts[:, 1].max())), height)
+    x1 = min(math.ceil(pts[:, 0].max()), width)
+    y1 = min(math.ceil(pts[:, 1].max()), height)
     counts = np.zeros((height, width), dtype=np.uint8)
     if x1 <= x0 or y1 <= y0:
         return counts

@@ -40,7 +40,7 @@ class MetricsWriter(Hook):
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(trainer.run_dir), purge_step=purge_step)
-            self.jsonl = open(trainer.run_dir / "metrics.jsonl", "a")
+            self.jsonl = open(trainer.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (open for the whole run)
 
     def write(self, prefix: str, values: dict, step: int, epoch: int) -> None:
         clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}

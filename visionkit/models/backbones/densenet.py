@@ -122,5 +122,5 @@ class DenseNetHead(nn.Module):
 
 
 for _name, (_k, _blocks, _stem) in VARIANTS.items():
-    _kwargs = dict(growth_rate=_k, block_config=_blocks, num_init_features=_stem)
+    _kwargs = {"growth_rate": _k, "block_config": _blocks, "num_init_features": _stem}
     BACKBONES.register(_name, partial(DenseNetBackbone, **_kwargs))

@@ -259,14 +259,14 @@ class RCNN(GeneralizedRCNN):
                                       canonical_scale=s.roi_canonical_scale)
         mask_kw = {}
         if variant == "mask_rcnn":
-            mask_kw = dict(
-                mask_roi_pool=FastMultiScaleRoIAlign(roi_levels, s.mask_roi_size, s.mask_sampling_ratio,
-                                                 canonical_scale=s.roi_canonical_scale),
-                mask_head=MaskRCNNHeads(s.fpn_channels, [s.mask_channels] * s.mask_convs, 1,
-                                        norm_layer=norm_layer(s.head_norm)),
-                mask_predictor=MaskRCNNPredictor(s.mask_channels if s.mask_convs else s.fpn_channels,
-                                                 s.mask_channels, n),
-            )
+            mask_kw = {
+                "mask_roi_pool": FastMultiScaleRoIAlign(roi_levels, s.mask_roi_size, s.mask_sampling_ratio,
+                                                        canonical_scale=s.roi_canonical_scale),
+                "mask_head": MaskRCNNHeads(s.fpn_channels, [s.mask_channels] * s.mask_convs, 1,
+                                           norm_layer=norm_layer(s.head_norm)),
+                "mask_predictor": MaskRCNNPredictor(s.mask_channels if s.mask_convs else s.fpn_channels,
+                                                    s.mask_channels, n),
+            }
         if s.box_convs:
             box_head = FastRCNNConvFCHead((s.fpn_channels, s.box_roi_size, s.box_roi_size),
                                           [s.fpn_channels] * s.box_convs, [s.box_representation],
