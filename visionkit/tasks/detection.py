@@ -27,42 +27,14 @@ from visionkit.evaluation.coco import CocoEvaluator, _rle
 from visionkit.evaluation.coco_backend import BACKENDS
 from visionkit.evaluation.coco_backend import resolve as resolve_backend
 from visionkit.models.build import build_backbone
-from visionkit.models.heads.rcnn import NORMS, RCNNSettings
+from visionkit.models.heads.rcnn import RCNNSettings
 from visionkit.models.heads.settings import build_head, head_choices
 from visionkit.registry import TASKS
 from visionkit.schema import Field
-from visionkit.tasks.base import Task
+from visionkit.tasks.base import Task, settings_schema
 
 _PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
             "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3"]
-
-_LIMITS = {  # extra checks on the RCNNSettings fields, by name
-    "fpn_channels": {"min": 1}, "box_representation": {"min": 1}, "mask_channels": {"min": 1},
-    "mask_convs": {"min": 0}, "box_roi_size": {"min": 1}, "mask_roi_size": {"min": 1},
-    "anchor_scales": {"min": 0.01}, "anchor_ratios": {"min": 0.01}, "size_divisible": {"min": 1},
-    "detections_per_img": {"min": 1}, "roi_sampling_ratio": {"min": -1}, "roi_canonical_scale": {"min": 1},
-    "mask_sampling_ratio": {"min": -1},
-}
-
-
-def _settings_schema() -> dict:
-    out = {}
-    for f in dataclasses.fields(RCNNSettings):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kind = [float] if isinstance(default, list) else type(default)
-        limits = dict(_LIMITS.get(f.name, {}))
-        if kind in (int, float) and "min" not in limits:
-            limits["min"] = 0
-        if kind is float and f.name.endswith(("_iou", "_fraction", "_thresh")):
-            limits["max"] = 1
-        if f.name.endswith("_norm"):
-            limits["choices"] = NORMS
-        out[f.name] = Field(kind, default, **limits)
-    # the image size follows data.image_size unless set
-    out["min_size"] = Field(int, None, nullable=True, min=8, help="null: data.image_size")
-    out["max_size"] = Field(int, None, nullable=True, min=8, help="null: min_size * 1333 / 800")
-    return out
-
 
 @TASKS.register("detection")
 class DetectionTask(Task):
@@ -77,7 +49,10 @@ class DetectionTask(Task):
             "name": Field(str, "mask_rcnn", choices=head_choices("detection"),
                           help="faster_rcnn: boxes; mask_rcnn: + masks"),
             "num_classes": Field(int, None, nullable=True, min=1, help="null: from the data set"),
-            **_settings_schema(),
+            **settings_schema(RCNNSettings),
+            # the image size follows data.image_size unless set
+            "min_size": Field(int, None, nullable=True, min=8, help="null: data.image_size"),
+            "max_size": Field(int, None, nullable=True, min=8, help="null: min_size * 1333 / 800"),
             "scale_jitter": Field([float], [1.0, 1.0], length=2, min=0.05,
                                   help="training rescale range, then crop/pad back (large-scale jitter)"),
             "mask_threshold": Field(float, 0.5, min=0, max=1, help="mask probability that counts as inside"),

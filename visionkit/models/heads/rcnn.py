@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from visionkit.data.transforms.segmentation import resize_masks
 from visionkit.models.backbones.base import BackboneBuildError, FeatureSpec
 from visionkit.models.backbones.base import norm_layer as backbone_norm_layer
 from visionkit.models.heads.roi_align import FastMultiScaleRoIAlign
+from visionkit.models.heads.settings import option
 from visionkit.registry import HEADS, NECKS
 
 VARIANTS = ("faster_rcnn", "mask_rcnn")
@@ -54,55 +55,53 @@ def norm_layer(name: str):
 class RCNNSettings:
     """Every size, count and threshold of the detector; defaults are tuned for small images on CPUs.
 
-    The comments give torchvision's ``maskrcnn_resnet50_fpn`` value where ours differs: at 64-128 px
-    with a handful of objects per image, 2000 proposals and 512 sampled RoIs per image are mostly
-    background, and the RoI heads' cost grows linearly with them.
+    Where ours differs from torchvision's ``maskrcnn_resnet50_fpn``, the help gives its value: at
+    64-128 px with a handful of objects per image, 2000 proposals and 512 sampled RoIs per image are
+    mostly background, and the RoI heads' cost grows linearly with them.
     """
 
-    fpn_channels: int = 64  # tv: 256
-    extra_pool: bool = True  # the stride-2 pooled level on top of the pyramid, for the RPN only
-    anchor_scales: list[float] = field(default_factory=lambda: [2.0, 4.0])  # x stride; tv: [8]
-    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    rpn_fg_iou: float = 0.7
-    rpn_bg_iou: float = 0.3
-    rpn_batch_size_per_image: int = 64  # tv: 256
-    rpn_positive_fraction: float = 0.5
-    rpn_pre_nms_top_n_train: int = 256  # tv: 2000 (per level)
-    rpn_post_nms_top_n_train: int = 128  # tv: 2000
-    rpn_pre_nms_top_n_test: int = 128  # tv: 1000
-    rpn_post_nms_top_n_test: int = 64  # tv: 1000
-    rpn_nms_thresh: float = 0.7
-    rpn_score_thresh: float = 0.0
-    box_roi_size: int = 7
-    # the box head's bilinear samples per RoI bin side (the mask head's: mask_sampling_ratio); on a
-    # CPU RoIAlign's backward dominates a training step, and its cost grows with the square of this (tv: 2)
-    roi_sampling_ratio: int = 1
-    box_representation: int = 256  # tv: 1024
-    box_fg_iou: float = 0.5
-    box_bg_iou: float = 0.5
-    box_batch_size_per_image: int = 64  # tv: 512
-    box_positive_fraction: float = 0.25
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    detections_per_img: int = 20  # tv: 100
-    box_convs: int = 0  # 3x3 convs before the box head's one fc layer; 0: two fc layers (as tv)
-    mask_roi_size: int = 14
-    # the mask head's RoIAlign samples per bin side, apart from the box head's: 2 (as tv) reads every
-    # stride-4 cell under a RoI wider than 14 cells, where 1 skips about every other one; a little
-    # more per step for sharper masks on large shapes
-    mask_sampling_ratio: int = 2
-    # four 3x3 convs as torchvision's, at 48 wide instead of 256: about the cost of two at 64 wide,
-    # with sharper masks
-    mask_convs: int = 4
-    mask_channels: int = 48  # tv: 256
-    # norm after the FPN's convs and the RoI heads' 3x3 convs (none | batch | group); trained from
-    # scratch the heads learn faster with it (tv: none; its maskrcnn_resnet50_fpn_v2 uses batch)
-    fpn_norm: str = "batch"
-    head_norm: str = "batch"
-    roi_canonical_scale: int = 224  # the FPN level rule k = 4 + log2(sqrt(wh) / 224), eq. (1) of Lin et al.
-    min_size: int = 64
-    max_size: int = 107
-    size_divisible: int = 32
+    fpn_channels: int = option(64, "pyramid width (torchvision: 256)", min=1)
+    extra_pool: bool = option(True, "a stride-2 pooled level on top of the pyramid, for the RPN only")
+    # (option() returns a dataclasses.field with a default_factory for lists, which RUF009 cannot see)
+    anchor_scales: list[float] = option([2.0, 4.0], "anchor sizes in units of the level's stride (torchvision: [8])",  # noqa: RUF009
+                                        min=0.01)
+    anchor_ratios: list[float] = option([0.5, 1.0, 2.0], "anchor aspect ratios", min=0.01)  # noqa: RUF009
+    rpn_fg_iou: float = option(0.7, min=0, max=1)
+    rpn_bg_iou: float = option(0.3, min=0, max=1)
+    rpn_batch_size_per_image: int = option(64, "anchors sampled per image (torchvision: 256)", min=0)
+    rpn_positive_fraction: float = option(0.5, min=0, max=1)
+    rpn_pre_nms_top_n_train: int = option(256, "per level (torchvision: 2000)", min=0)
+    rpn_post_nms_top_n_train: int = option(128, "torchvision: 2000", min=0)
+    rpn_pre_nms_top_n_test: int = option(128, "per level (torchvision: 1000)", min=0)
+    rpn_post_nms_top_n_test: int = option(64, "torchvision: 1000", min=0)
+    rpn_nms_thresh: float = option(0.7, min=0, max=1)
+    rpn_score_thresh: float = option(0.0, min=0, max=1)
+    box_roi_size: int = option(7, min=1)
+    # on a CPU RoIAlign's backward dominates a training step, and its cost grows with the square of this
+    roi_sampling_ratio: int = option(1, "the box head's bilinear samples per RoI bin side (torchvision: 2)", min=-1)
+    box_representation: int = option(256, "box head width (torchvision: 1024)", min=1)
+    box_fg_iou: float = option(0.5, min=0, max=1)
+    box_bg_iou: float = option(0.5, min=0, max=1)
+    box_batch_size_per_image: int = option(64, "RoIs sampled per image (torchvision: 512)", min=0)
+    box_positive_fraction: float = option(0.25, min=0, max=1)
+    box_score_thresh: float = option(0.05, min=0, max=1)
+    box_nms_thresh: float = option(0.5, min=0, max=1)
+    detections_per_img: int = option(20, "torchvision: 100", min=1)
+    box_convs: int = option(0, "3x3 convs before the box head's one fc layer; 0: two fc layers (as torchvision)", min=0)
+    mask_roi_size: int = option(14, min=1)
+    # 2 reads every stride-4 cell under a RoI wider than 14 cells, where 1 skips about every other one
+    mask_sampling_ratio: int = option(2, "the mask head's RoIAlign samples per bin side (as torchvision)", min=-1)
+    # four 3x3 convs as torchvision's, narrower: about the cost of two at 64 wide, with sharper masks
+    mask_convs: int = option(4, min=0)
+    mask_channels: int = option(48, "mask head width (torchvision: 256)", min=1)
+    # trained from scratch the heads learn faster with a norm (torchvision's maskrcnn_resnet50_fpn_v2 uses batch)
+    fpn_norm: str = option("batch", "norm after the FPN's convs (torchvision: none)", choices=NORMS)
+    head_norm: str = option("batch", "norm after the RoI heads' 3x3 convs (torchvision: none)", choices=NORMS)
+    roi_canonical_scale: int = option(224, "the FPN level rule k = 4 + log2(sqrt(wh) / 224), eq. (1) of Lin et al.",
+                                      min=1)
+    min_size: int = option(64, min=0)
+    max_size: int = option(107, min=0)
+    size_divisible: int = option(32, min=1)
 
 
 class BackboneFPN(nn.Module):
