@@ -283,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = debug
     _check_output_paths(parser, args)
     try:
-        code = COMMANDS[args.command](args)
+        from visionkit.advice import config_advice
+
+        with config_advice(lambda text: print(text, file=sys.stderr)):  # torch's warnings about a key
+            code = COMMANDS[args.command](args)
         if code == 0 and "visionkit.engine.distributed" in sys.modules:  # under torchrun: leave together
             sys.modules["visionkit.engine.distributed"].shutdown()
         return code

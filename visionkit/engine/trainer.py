@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from visionkit.advice import config_advice
 from visionkit.data.build import build_datasets, build_loader, build_source
 from visionkit.engine import distributed
 from visionkit.engine.checkpoint import CheckpointManager
@@ -222,7 +223,7 @@ class Trainer:
             return {}
         self._fitting = True
         try:
-            with loader_failures(self):
+            with loader_failures(self), config_advice(self.log):
                 self.call("before_fit")
                 while self.epoch < t.epochs and not self.should_stop:
                     self.call("before_epoch")
@@ -306,9 +307,10 @@ class Trainer:
         """Score ``split`` with the evaluation weights and tell the hooks; returns the metrics.
         When those are not the trained weights (EMA), the trained ones' metrics come beside as ``raw_*``."""
         try:
-            result = self._score(self.eval_task, split)
-            if self.eval_task is not self.task:
-                result.metrics.update({f"raw_{k}": v for k, v in self._score(self.task, split).metrics.items()})
+            with config_advice(self.log):
+                result = self._score(self.eval_task, split)
+                if self.eval_task is not self.task:
+                    result.metrics.update({f"raw_{k}": v for k, v in self._score(self.task, split).metrics.items()})
         finally:
             if not self._fitting:  # test() on its own: nothing else will use this loader
                 stop_workers(self._loaders.pop(split, None))
