@@ -74,3 +74,61 @@ def test_pin_memory_without_cuda_is_advice_naming_train_device():
     with config_advice(said.append):
         iter(torch.utils.data.DataLoader([1, 2], pin_memory=True))
     assert len(said) == 1 and "train.device" in said[0], said
+
+
+# -- where a missing split would come from (said by the data set kind) ----------------------------
+
+def test_coco_without_a_test_file_names_the_file_that_would_hold_it(tiny_cfg, shapes_root, tmp_path):
+    import shutil
+
+    from visionkit.data.build import build_source
+    from visionkit.data.datasets.coco import write_shapes_coco
+
+    root = tmp_path / "coco"
+    shutil.copytree(shapes_root, root)
+    write_shapes_coco(root)
+    (root / "annotations" / "instances_test.json").unlink()
+    cfg = tiny_cfg(**{"task": "detection", "data.dataset": "coco", "data.root": str(root)})
+    said = build_source(cfg).no_split("test")
+    assert said == (f"the data set has no 'test' split: this data set keeps its own splits; test would be "
+                    f"'{root / 'annotations' / 'instances_test.json'}' (its images in '{root / 'test'}')")
+
+
+def test_pool_without_a_test_share_names_data_split_ratios(tiny_cfg):
+    from visionkit.data.build import build_source
+
+    said = build_source(tiny_cfg(**{"data.split.ratios": [8, 1, 0]})).no_split("test")
+    assert "data.split.ratios" in said and "give test a share above 0" in said, said
+
+
+def test_folders_without_test_say_so_at_the_start_and_eval_names_the_folder(make_config, tmp_path):
+    """train.final_test on a data set with train/ and val/ folders only: the run says at its start
+    where the test split would be; eval --split test names the same folder; a checkpoints folder
+    given as --checkpoint is refused first, without a note about another folder's split.json."""
+    import numpy as np
+    from conftest import write_colour_classes
+
+    from visionkit import load_config
+    from visionkit.engine.trainer import Trainer
+
+    root = tmp_path / "own"
+    for split in ("train", "val"):
+        write_colour_classes(root / split, 6, np.random.default_rng(0))
+    cfg_path = make_config(**{"data.dataset": "image_folder", "data.root": str(root), "train.epochs": 1,
+                              "train.final_test": True, "data.batch_size": 8})
+    said = []
+    with Trainer(load_config(cfg_path), tmp_path / "run", log=said.append) as trainer:
+        trainer.fit()
+    note = next(i for i, x in enumerate(said) if x.startswith("note: train.final_test is on"))
+    first_epoch = next(i for i, x in enumerate(said) if x.startswith("epoch 1/1"))
+    assert note < first_epoch, said
+    assert f"test would be the folder '{root / 'test'}' of class folders" in said[note]
+    assert not (tmp_path / "run" / "test_metrics.json").exists()
+
+    res = run_cli("eval", cfg_path, "--checkpoint", tmp_path / "run" / "checkpoints" / "last.pt", "--split", "test")
+    assert res.returncode == 2 and f"test would be the folder '{root / 'test'}'" in res.stderr, res.stderr
+    assert "data.split.ratios" not in res.stderr
+
+    res = run_cli("eval", cfg_path, "--checkpoint", tmp_path / "run" / "checkpoints")
+    assert res.returncode != 0 and "is a folder; pass a .pt file in it" in res.stderr, res.stderr
+    assert "split.json" not in res.stdout + res.stderr

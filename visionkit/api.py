@@ -60,11 +60,11 @@ def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Seq
     load_weights(task, checkpoint, cfg, source.classes)
     run_dir = Path(checkpoint).parent.parent
     split_dir = run_dir if (run_dir / "split.json").exists() else None
-    if split_dir is None:
+    if split_dir is None and source.splits is None:  # a data set with its own splits needs none
         log(f"note: no split.json in '{run_dir}'; splitting the data with data.split.seed")
     data = group.main_first(lambda: build_datasets(cfg, task_cls, split_dir, (split,), source=source)[0])
     if split not in data:
-        raise ConfigError(f"the data set has no '{split}' split (check data.split.ratios)")
+        raise ConfigError(source.no_split(split))
     loader = build_loader(data[split], cfg, False, device, **distributed.loader_args(len(data[split]), cfg, False, group))
     dtype = AMP_DTYPES.get(resolve_amp(cfg.train.amp, device)[0])
     try:

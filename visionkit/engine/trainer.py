@@ -81,7 +81,7 @@ class Trainer:
         # refuse to clobber before anything is read; everything that can fail on the user's data or
         # weights runs before the run directory is made, so a failed start leaves nothing behind
         self.run_dir = self.group.on_main(self._claim_run_dir)
-        source = build_source(cfg)
+        self.source = source = build_source(cfg)  # also answers where a missing split would come from
         self.classes = source.classes
         self.task = self.task_cls.from_config(cfg, {**source.info, "classes": self.classes})
         self.monitor = resolve_monitor(cfg, self.task)
@@ -135,7 +135,7 @@ class Trainer:
     def loader(self, split: str):
         if split not in self._loaders:
             if split not in self.datasets:
-                raise ConfigError(f"the data set has no '{split}' split (check data.split.ratios)")
+                raise ConfigError(self.source.no_split(split))
             data, train = self.datasets[split], split == "train"
             self._loaders[split] = build_loader(data, self.cfg, train, self.device,
                                                 **distributed.loader_args(len(data), self.cfg, train, self.group))

@@ -231,7 +231,11 @@ def coco(cfg) -> Source:
     d = cfg.data
     with_masks = cfg.model.get("head", {}).get("name", "mask_rcnn") != "faster_rcnn"
     splits, classes, cat_ids = {}, None, None
-    for name, (ann, images) in find_coco_splits(Path(d.root)).items():
+    found = find_coco_splits(Path(d.root))
+    suffix = _ANN_FILE.match(found["train"][0].name).group(2)  # instances_train2017.json: "2017"
+    home = (f"'{Path(d.root) / 'annotations' / f'instances_{{split}}{suffix}.json'}' (its images in "
+            f"'{Path(d.root) / f'{{split}}{suffix}'}')")
+    for name, (ann, images) in found.items():
         ds = CocoDetection(ann, images, keep_empty=d.coco.keep_empty or name != "train",
                            with_masks=with_masks, on_error=d.on_error, channels=d.channels)
         if classes is None:
@@ -240,7 +244,7 @@ def coco(cfg) -> Source:
             raise DataError(f"{ann} has categories {ds.category_ids}, the training file has {cat_ids}; "
                             "every split must share one category list")
         splits[name] = ds
-    return Source(classes=classes, splits=splits, info={"category_ids": cat_ids})
+    return Source(classes=classes, splits=splits, info={"category_ids": cat_ids}, split_home=home)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -173,11 +173,12 @@ def depth_pairs(cfg) -> Source:
     lists = {s: dd.get(f"{s}_list") for s in ("train", "val", "test")}
     if any(lists.values()):
         splits = {s: make(read_list(root / f, root)) for s, f in lists.items() if f}
-        return Source(classes=[], splits=splits)
+        return Source(classes=[], splits=splits, split_home="the file list that data.depth.{split}_list names")
     if (root / "train").is_dir():
         splits = {s: make(folder_pairs(root / s, dd.image_dir, dd.depth_dir))
                   for s in ("train", "val", "test") if (root / s).is_dir()}
-        return Source(classes=[], splits=splits)
+        return Source(classes=[], splits=splits, split_home=f"the folder '{root / '{split}'}' (with "
+                      f"{dd.image_dir}/ and {dd.depth_dir}/ inside)")
     pool = make(folder_pairs(root, dd.image_dir, dd.depth_dir))
     return Source(classes=[], pool=pool, targets=[0] * len(pool))
 

@@ -228,12 +228,14 @@ def segmentation_folder(cfg) -> Source:
         if "train" not in lists:
             raise DataError(f"no split list '{root / s.split_lists / 'train.txt'}'; check data.segmentation.split_lists")
         splits = {k: SegmentationPairs(pairs_from_list(root, p, s), n, **kw) for k, p in lists.items()}
-        return Source(classes=list(s.classes), splits=splits, info=info)
+        return Source(classes=list(s.classes), splits=splits, info=info,
+                      split_home=f"the list '{root / s.split_lists / '{split}.txt'}'")
     image_dir, label_dir = root / s.images, root / s.labels
     if (image_dir / "train").is_dir() and (image_dir / "val").is_dir():
         splits = {k: SegmentationPairs(find_pairs(image_dir / k, label_dir / k, s), n, **kw)
                   for k in SPLIT_NAMES if (image_dir / k).is_dir()}
-        return Source(classes=list(s.classes), splits=splits, info=info)
+        return Source(classes=list(s.classes), splits=splits, info=info,
+                      split_home=f"the folders '{image_dir / '{split}'}' and '{label_dir / '{split}'}'")
     pool = SegmentationPairs(find_pairs(image_dir, label_dir, s), n, **kw)
     # no per-image class to stratify by without reading every map: a plain seeded split
     return Source(classes=list(s.classes), pool=pool, targets=[0] * len(pool), info=info)

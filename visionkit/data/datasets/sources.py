@@ -23,7 +23,8 @@ def image_folder(cfg) -> Source:
     if has_own_splits(root):
         splits = {name: ImageFolderDataset(p, **kw) for name, p in split_roots(root).items()}
         _need_two_classes(cfg, splits["train"])
-        return Source(classes=splits["train"].classes, splits=splits)
+        return Source(classes=splits["train"].classes, splits=splits,
+                      split_home=f"the folder '{root / '{split}'}' of class folders")
     pool = ImageFolderDataset(root, **kw)
     _need_two_classes(cfg, pool)
     return Source(classes=pool.classes, pool=pool, targets=pool.targets)
