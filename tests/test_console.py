@@ -132,3 +132,51 @@ def test_folders_without_test_say_so_at_the_start_and_eval_names_the_folder(make
     res = run_cli("eval", cfg_path, "--checkpoint", tmp_path / "run" / "checkpoints")
     assert res.returncode != 0 and "is a folder; pass a .pt file in it" in res.stderr, res.stderr
     assert "split.json" not in res.stdout + res.stderr
+
+
+# -- reading a config has no side effects; data messages fit the settings -------------------------
+
+def test_info_and_config_show_write_nothing(tmp_path):
+    """The quickstart's built-in data is generated on first training, never by reading its config."""
+    from conftest import ROOT
+
+    for args in (["info", ROOT / "configs" / "quickstart.yaml"], ["config", "show", ROOT / "configs" / "quickstart.yaml"]):
+        res = run_cli(*args, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert list(tmp_path.iterdir()) == [], args
+    assert "classes           6" in run_cli("info", ROOT / "configs" / "quickstart.yaml", cwd=tmp_path).stdout
+
+
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation", "depth"])
+def test_the_shapes_outline_is_what_the_generated_data_gives(tiny_cfg, task):
+    """What info builds a model from (no data) is what training reads from the generated scenes."""
+    from visionkit.data.build import build_source
+
+    cfg = tiny_cfg(task=task)
+    outline, real = build_source(cfg, write=False), build_source(cfg)
+    assert outline.pool is None and real.pool is not None
+    assert outline.classes == real.classes and outline.info == real.info
+
+
+def test_a_shapes_root_made_with_other_settings_names_data_root_and_the_fix(make_config, shapes_root, tmp_path):
+    res = run_cli("train", make_config(), "data.synth.num_images=200", "--run-dir", tmp_path / "run")
+    assert res.returncode != 0
+    assert res.stderr.strip() == (
+        f"error: {shapes_root} already holds a shapes data set made with other parameters: "
+        f"data.synth.num_images=240 (requested 200); point data.root at another folder for these settings "
+        f"(e.g. data.root={shapes_root}-200-32px-seed0) or delete '{shapes_root}' to generate it anew")
+    assert not (tmp_path / "run").exists()
+
+
+def test_skipped_images_are_not_told_to_set_on_error_skip(tmp_path):
+    from visionkit.data.datasets.folder import ImageFolderDataset
+    from visionkit.errors import DataError
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.png").write_text("not an image")
+    skipping = ImageFolderDataset(tmp_path, on_error="skip")
+    assert skipping[0] is None
+    assert skipping.describe_bad(0)[1].endswith("; replace or delete the file"), skipping.describe_bad(0)
+    with pytest.raises(DataError, match=r"\(or set data.on_error=skip to drop unreadable images\)$"):
+        ImageFolderDataset(tmp_path)[0]

@@ -181,8 +181,9 @@ def cmd_info(args) -> int:
         from visionkit.models.stats import count_macs, count_params
 
         cfg = load_config(args.config, args.overrides)
-        classes = build_source(cfg).classes
-        task = TASKS.get(cfg.task).from_config(cfg, {"classes": classes})
+        source = build_source(cfg, write=False)  # reads a config: never generates data
+        classes = source.classes
+        task = TASKS.get(cfg.task).from_config(cfg, {**source.info, "classes": classes})
         size = cfg.data.image_size
         out = {"config": args.config, "task": cfg.task, "backbone": cfg.model.backbone.name,
                "classes": len(classes), "params": count_params(task),

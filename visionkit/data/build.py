@@ -209,8 +209,13 @@ class EpochSampler(Sampler):
         return self.size - self.start
 
 
-def build_source(cfg) -> Source:
-    return DATASETS.get(cfg.data.dataset)(cfg)
+def build_source(cfg, *, write: bool = True) -> Source:
+    """The configured data set's source. ``write=False``: a data set generated on first use (the
+    built-in shapes) gives its ``outline`` (classes and info) instead, so reading a config
+    (``visionkit info``) never writes data; the others only read, either way."""
+    builder = DATASETS.get(cfg.data.dataset)
+    outline = getattr(builder, "outline", None)
+    return outline(cfg) if not write and outline is not None else builder(cfg)
 
 
 def target_kind(cfg) -> str:

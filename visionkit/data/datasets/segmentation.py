@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from visionkit.data.build import Source, target_kind
-from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image
+from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image, unreadable_fix
 from visionkit.data.datasets.sources import ShapesScenes
 from visionkit.data.datasets.synthetic import SHAPE_CLASSES, render_semantic
 from visionkit.errors import ConfigError, DataError
@@ -146,7 +146,7 @@ class SegmentationPairs(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         image_path, label_path = self.pairs[index]
         try:
-            image = read_image(image_path, self.channels)
+            image = read_image(image_path, self.channels, fix=unreadable_fix(self.on_error))
             label = check_label(read_label(label_path, self.lookup), tuple(image.shape[-2:]),
                                 self.num_classes, self.ignore_index, label_path)
         except DataError:
@@ -256,7 +256,7 @@ class ShapesSemantic(ShapesScenes):
 
 
 @SHAPES_VIEWS.register("semantic")
-def shapes_segmentation(cfg, root: Path) -> Source:
+def shapes_segmentation(cfg, root: Path | None) -> Source:
     """Class 0 = background, 1..6 = the shape kinds (``SHAPES_SEGMENTATION_CLASSES``); split
     stratified by each scene's main shape, as classification splits it."""
     s = cfg.data.segmentation
@@ -264,8 +264,8 @@ def shapes_segmentation(cfg, root: Path) -> Source:
     if s.classes and list(s.classes) != classes:
         raise ConfigError(f"{cfg.source}: the shapes data set's classes are {classes}; "
                           "set data.segmentation.classes to null")
-    pool = ShapesSemantic(root, cfg.data.channels, cfg.model.head.ignore_index, s.ignore_boundaries)
-    return Source(classes=classes, pool=pool, targets=[r["label"] for r in pool.records],
+    pool = ShapesSemantic(root, cfg.data.channels, cfg.model.head.ignore_index, s.ignore_boundaries) if root else None
+    return Source(classes=classes, pool=pool, targets=pool and [r["label"] for r in pool.records],
                   info={"palette": parse_palette(s.palette, len(classes))})
 
 
