@@ -222,10 +222,10 @@ def test_predict_names_a_file_that_is_no_image_and_a_folder_without_images(make_
     ckpt = tmp_path / "r" / "checkpoints" / "last.pt"
     fake = tmp_path / "fake.png"
     fake.write_text("not an image")
-    r = run("predict", cfg, "--checkpoint", ckpt, fake)
+    r = run("predict", cfg, "--checkpoint", ckpt, fake, "--on-error", "raise")
     assert r.returncode == 1
     assert r.stderr.strip() == (f"error: cannot decode image '{fake}': not a JPEG, PNG, WEBP, GIF or BMP "
-                                "file; replace the file or leave it out of the inputs")
+                                "file; replace the file, leave it out of the inputs, or use --on-error skip")
     empty = tmp_path / "emptydir"
     (empty / "sub").mkdir(parents=True)
     (empty / "notes.txt").write_text("no images here")

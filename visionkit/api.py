@@ -60,11 +60,11 @@ def evaluate(config, checkpoint, split: str = "val", output=None, overrides: Seq
     load_weights(task, checkpoint, cfg, source.classes)
     run_dir = Path(checkpoint).parent.parent
     split_dir = run_dir if (run_dir / "split.json").exists() else None
-    if split_dir is None:
+    if split_dir is None and source.splits is None:  # a data set with its own splits needs none
         log(f"note: no split.json in '{run_dir}'; splitting the data with data.split.seed")
     data = group.main_first(lambda: build_datasets(cfg, task_cls, split_dir, (split,), source=source)[0])
     if split not in data:
-        raise ConfigError(f"the data set has no '{split}' split (check data.split.ratios)")
+        raise ConfigError(source.no_split(split))
     loader = build_loader(data[split], cfg, False, device, **distributed.loader_args(len(data[split]), cfg, False, group))
     dtype = AMP_DTYPES.get(resolve_amp(cfg.train.amp, device)[0])
     try:
@@ -114,9 +114,9 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: Sequence[str] = (),
-            log=print) -> list[dict]:
+            log=print, on_error: str = "skip") -> Predictions:
     """Predict every input image; prints one line each and, with ``out_dir``, writes drawings and
-    ``predictions.json``."""
+    ``predictions.json``. An unreadable input is skipped and listed (``on_error="raise"``: stops)."""
     cfg = _cfg(config, overrides)
     device = resolve_device(cfg.train.device)
     task, _ = task_from_checkpoint(cfg, checkpoint)
@@ -130,24 +130,46 @@ def predict(config, checkpoint, inputs: Sequence[str], out_dir=None, overrides: 
         with torch.no_grad():
             return batch, task.predict(batch)
 
-    return predict_images(task, inputs, mode, infer, out_dir, log)
+    return predict_images(task, inputs, mode, infer, out_dir, log, on_error)
 
 
-def predict_images(task, inputs: Sequence[str], mode: ImageReadMode, infer, out_dir=None, log=print) -> list[dict]:
+class Predictions(list):
+    """The records of the inputs that were predicted, one dict each (what ``predictions.json``
+    holds), and ``skipped``: ``(path, reason)`` of each input that could not be read."""
+
+    def __init__(self, records=(), skipped=()):
+        super().__init__(records)
+        self.skipped: list[tuple[str, str]] = list(skipped)
+
+
+def predict_images(task, inputs: Sequence[str], mode: ImageReadMode, infer, out_dir=None, log=print,
+                   on_error: str = "skip") -> Predictions:
     """The loop of every ``visionkit predict``: decode each input, ``infer(image, path) -> (batch,
     preds)``, print the task's one-line description; with ``out_dir``, write each drawing, the
-    task's own files and ``predictions.json``."""
+    task's own files and ``predictions.json`` (always, for the inputs that were read).
+
+    ``on_error="skip"``: an input that cannot be read or taken (a DataError about that file) is left
+    out and listed with its reason at the end; the others still get their results. ``"raise"``:
+    the first such input stops the run (training data keeps that default)."""
+    if on_error not in ("skip", "raise"):
+        raise ConfigError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    records = []
+    records = Predictions()
     channels = 1 if mode == ImageReadMode.GRAY else 3
+    fix = "" if on_error == "skip" else "replace the file, leave it out of the inputs, or use --on-error skip"
     for i, path in enumerate(list_images(inputs)):
-        # the training reader: the same pixels a model was trained on (BMP, 16-bit PNG, GIF frame
-        # included) and the same DataError, with a fix that fits predict
-        image = read_image(str(path), channels, fix="replace the file or leave it out of the inputs")
-        image = image.as_subclass(torch.Tensor)
-        batch, preds = infer(image, path)
+        try:
+            # the training reader: the same pixels a model was trained on (BMP, 16-bit PNG, GIF
+            # frame included) and the same DataError, with a fix that fits predict
+            image = read_image(str(path), channels, fix=fix).as_subclass(torch.Tensor)
+            batch, preds = infer(image, path)
+        except DataError as e:
+            if on_error == "raise":
+                raise
+            records.skipped.append((str(path), str(e).rstrip("; ")))
+            continue
         rec = {"path": str(path), **task.record(preds, 0)}
         log(f"{path}: {task.describe(preds, 0)}")
         if out:
@@ -161,6 +183,10 @@ def predict_images(task, inputs: Sequence[str], mode: ImageReadMode, infer, out_
     if out:
         (out / "predictions.json").write_text(json.dumps(records, indent=2))
         log(f"wrote {len(records)} drawings and predictions.json to {out}")
+    if records.skipped:
+        log(f"skipped {len(records.skipped)} of {len(records) + len(records.skipped)} inputs that could not be read:")
+        for path, reason in records.skipped:
+            log(f"  {path}: {reason}")
     return records
 
 

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (and key=value overrides)")
     p.add_argument("--checkpoint", help="checkpoint of the config's model (required with a config)")
     p.add_argument("--out", help="folder for drawings and predictions.json")
+    p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
+                   help="an unreadable input: skip it, list it at the end and exit 1 (default), or stop")
 
     from visionkit.export.cli import add_export_parser
 
@@ -139,14 +141,23 @@ def cmd_predict(args) -> int:
     if args.config.lower().endswith(".onnx"):
         from visionkit.export.runtime import predict_onnx
 
-        predict_onnx(args.config, [*inputs, *overrides], args.out, checkpoint=args.checkpoint)
-        return 0
+        result = predict_onnx(args.config, [*inputs, *overrides], args.out, checkpoint=args.checkpoint,
+                              on_error=args.on_error)
+        return _skipped_code(result)
     if not args.checkpoint:
         from visionkit.errors import ConfigError
 
         raise ConfigError("predict needs --checkpoint with a config (or pass an exported .onnx model "
                           "instead of the config)")
-    api.predict(args.config, args.checkpoint, inputs, args.out, overrides)
+    return _skipped_code(api.predict(args.config, args.checkpoint, inputs, args.out, overrides, on_error=args.on_error))
+
+
+def _skipped_code(result) -> int:
+    """predict's exit code: 1 when an input was skipped, so a script notices."""
+    if result.skipped:
+        print(f"error: {len(result.skipped)} input(s) could not be read (listed above); the others "
+              "were predicted", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -170,8 +181,9 @@ def cmd_info(args) -> int:
         from visionkit.models.stats import count_macs, count_params
 
         cfg = load_config(args.config, args.overrides)
-        classes = build_source(cfg).classes
-        task = TASKS.get(cfg.task).from_config(cfg, {"classes": classes})
+        source = build_source(cfg, write=False)  # reads a config: never generates data
+        classes = source.classes
+        task = TASKS.get(cfg.task).from_config(cfg, {**source.info, "classes": classes})
         size = cfg.data.image_size
         out = {"config": args.config, "task": cfg.task, "backbone": cfg.model.backbone.name,
                "classes": len(classes), "params": count_params(task),
@@ -283,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = debug
     _check_output_paths(parser, args)
     try:
-        code = COMMANDS[args.command](args)
+        from visionkit.advice import config_advice
+
+        with config_advice(lambda text: print(text, file=sys.stderr)):  # torch's warnings about a key
+            code = COMMANDS[args.command](args)
         if code == 0 and "visionkit.engine.distributed" in sys.modules:  # under torchrun: leave together
             sys.modules["visionkit.engine.distributed"].shutdown()
         return code

@@ -36,6 +36,20 @@ class Source:
     pool: Dataset | None = None
     targets: list[int] | None = None
     info: dict = field(default_factory=dict)
+    #: a data set with own splits: the file or folder that holds one, "{split}" standing for its
+    #: name (the builder knows its layout); a pool is split by data.split instead
+    split_home: str = ""
+
+    def where_split(self, split: str) -> str:
+        """Where ``split`` would come from for this kind of data set: the fix for a missing one."""
+        if self.splits is None:
+            return (f"the samples are split by data.split.ratios (train, val, test shares) or data.split.counts; "
+                    f"give {split} a share above 0")
+        home = self.split_home.replace("{split}", split) if self.split_home else f"a '{split}' split of its own"
+        return f"this data set keeps its own splits; {split} would be {home}"
+
+    def no_split(self, split: str) -> str:
+        return f"the data set has no '{split}' split: {self.where_split(split)}"
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -195,8 +209,13 @@ class EpochSampler(Sampler):
         return self.size - self.start
 
 
-def build_source(cfg) -> Source:
-    return DATASETS.get(cfg.data.dataset)(cfg)
+def build_source(cfg, *, write: bool = True) -> Source:
+    """The configured data set's source. ``write=False``: a data set generated on first use (the
+    built-in shapes) gives its ``outline`` (classes and info) instead, so reading a config
+    (``visionkit info``) never writes data; the others only read, either way."""
+    builder = DATASETS.get(cfg.data.dataset)
+    outline = getattr(builder, "outline", None)
+    return outline(cfg) if not write and outline is not None else builder(cfg)
 
 
 def target_kind(cfg) -> str:

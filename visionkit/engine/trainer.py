@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from visionkit.advice import config_advice
 from visionkit.data.build import build_datasets, build_loader, build_source
 from visionkit.engine import distributed
 from visionkit.engine.checkpoint import CheckpointManager
@@ -84,7 +85,7 @@ class Trainer:
         # refuse to clobber before anything is read; everything that can fail on the user's data or
         # weights runs before the run directory is made, so a failed start leaves nothing behind
         self.run_dir = self.group.on_main(self._claim_run_dir)
-        source = build_source(cfg)
+        self.source = source = build_source(cfg)  # also answers where a missing split would come from
         self.classes = source.classes
         self.task = self.task_cls.from_config(cfg, {**source.info, "classes": self.classes})
         self.monitor = resolve_monitor(cfg, self.task)
@@ -138,7 +139,7 @@ class Trainer:
     def loader(self, split: str):
         if split not in self._loaders:
             if split not in self.datasets:
-                raise ConfigError(f"the data set has no '{split}' split (check data.split.ratios)")
+                raise ConfigError(self.source.no_split(split))
             data, train = self.datasets[split], split == "train"
             self._loaders[split] = build_loader(data, self.cfg, train, self.device,
                                                 **distributed.loader_args(len(data), self.cfg, train, self.group))
@@ -226,7 +227,7 @@ class Trainer:
             return {}
         self._fitting = True
         try:
-            with loader_failures(self):
+            with loader_failures(self), config_advice(self.log):
                 self.call("before_fit")
                 while self.epoch < t.epochs and not self.should_stop:
                     self.call("before_epoch")
@@ -310,9 +311,10 @@ class Trainer:
         """Score ``split`` with the evaluation weights and tell the hooks; returns the metrics.
         When those are not the trained weights (EMA), the trained ones' metrics come beside as ``raw_*``."""
         try:
-            result = self._score(self.eval_task, split)
-            if self.eval_task is not self.task:
-                result.metrics.update({f"raw_{k}": v for k, v in self._score(self.task, split).metrics.items()})
+            with config_advice(self.log):
+                result = self._score(self.eval_task, split)
+                if self.eval_task is not self.task:
+                    result.metrics.update({f"raw_{k}": v for k, v in self._score(self.task, split).metrics.items()})
         finally:
             if not self._fitting:  # test() on its own: nothing else will use this loader
                 stop_workers(self._loaders.pop(split, None))

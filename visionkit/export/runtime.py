@@ -31,9 +31,9 @@ def predictions(meta: dict, view, outputs: list[torch.Tensor]):
     return view.from_export_outputs(dict(zip(meta["outputs"], outputs)))
 
 
-def predict_onnx(model, inputs, out_dir=None, checkpoint=None, log=print) -> list[dict]:
-    """Predict every input image with an exported ONNX model; the same lines, drawings and
-    ``predictions.json`` as :func:`visionkit.api.predict`."""
+def predict_onnx(model, inputs, out_dir=None, checkpoint=None, log=print, on_error: str = "skip"):
+    """Predict every input image with an exported ONNX model; the same lines, drawings,
+    ``predictions.json`` and skipped inputs as :func:`visionkit.api.predict`."""
     from visionkit.api import predict_images
 
     if checkpoint:
@@ -60,4 +60,4 @@ def predict_onnx(model, inputs, out_dir=None, checkpoint=None, log=print) -> lis
         images = x01 if view.export_normalizes else normed  # what the task's own preprocess gives
         return {"images": list(images) if view.export_single_image else images}, preds
 
-    return predict_images(view, inputs, mode, infer, out_dir, log)
+    return predict_images(view, inputs, mode, infer, out_dir, log, on_error)

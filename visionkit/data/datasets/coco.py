@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from visionkit.data.build import SPLITS, Source
-from visionkit.data.datasets.folder import read_image
+from visionkit.data.datasets.folder import read_image, unreadable_fix
 from visionkit.data.datasets.sources import ShapesScenes
 from visionkit.data.datasets.synthetic import SHAPE_CLASSES, load_annotations, render_instance_masks
 from visionkit.errors import DataError
@@ -103,6 +103,7 @@ class CocoDetection(Dataset):
                  with_masks: bool = True, on_error: str = "raise", channels: int = 3, log=print):
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         self.with_masks, self.channels = with_masks, channels
+        self.fix = unreadable_fix(on_error)  # how an unreadable image's message ends
         self.coco = load_coco(self.ann_file)
         cats = sorted(self.coco.cats)
         self.category_ids = cats
@@ -181,7 +182,7 @@ class CocoDetection(Dataset):
         img_id = self.ids[index]
         info = self.coco.imgs[img_id]
         path = self._path(img_id)
-        image = read_image(str(path), self.channels)
+        image = read_image(str(path), self.channels, fix=self.fix)
         if tuple(image.shape[-2:]) != (info["height"], info["width"]):
             raise DataError(f"image '{path}' is {image.shape[-2]}x{image.shape[-1]} but "
                             f"{self.ann_file} says {info['height']}x{info['width']} (height x width)")
@@ -231,7 +232,11 @@ def coco(cfg) -> Source:
     d = cfg.data
     with_masks = cfg.model.get("head", {}).get("name", "mask_rcnn") != "faster_rcnn"
     splits, classes, cat_ids = {}, None, None
-    for name, (ann, images) in find_coco_splits(Path(d.root)).items():
+    found = find_coco_splits(Path(d.root))
+    suffix = _ANN_FILE.match(found["train"][0].name).group(2)  # instances_train2017.json: "2017"
+    home = (f"'{Path(d.root) / 'annotations' / f'instances_{{split}}{suffix}.json'}' (its images in "
+            f"'{Path(d.root) / f'{{split}}{suffix}'}')")
+    for name, (ann, images) in found.items():
         ds = CocoDetection(ann, images, keep_empty=d.coco.keep_empty or name != "train",
                            with_masks=with_masks, on_error=d.on_error, channels=d.channels)
         if classes is None:
@@ -240,7 +245,7 @@ def coco(cfg) -> Source:
             raise DataError(f"{ann} has categories {ds.category_ids}, the training file has {cat_ids}; "
                             "every split must share one category list")
         splits[name] = ds
-    return Source(classes=classes, splits=splits, info={"category_ids": cat_ids})
+    return Source(classes=classes, splits=splits, info={"category_ids": cat_ids}, split_home=home)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,9 +282,9 @@ class ShapesInstances(ShapesScenes):
 
 
 @SHAPES_VIEWS.register("instances")
-def shapes_detection(cfg, root: Path) -> Source:
-    pool = ShapesInstances(root, cfg.data.channels)
-    return Source(classes=list(SHAPE_CLASSES), pool=pool, targets=[r["label"] for r in pool.records],
+def shapes_detection(cfg, root: Path | None) -> Source:
+    pool = ShapesInstances(root, cfg.data.channels) if root else None  # None: classes and info only
+    return Source(classes=list(SHAPE_CLASSES), pool=pool, targets=pool and [r["label"] for r in pool.records],
                   info={"category_ids": list(range(1, len(SHAPE_CLASSES) + 1))})
 
 

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from visionkit.data.build import Source
-from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image
+from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image, unreadable_fix
 from visionkit.data.datasets.sources import ShapesScenes
 from visionkit.data.datasets.synthetic import render_depth
 from visionkit.errors import DataError
@@ -102,7 +102,7 @@ class DepthPairs(Dataset):
     def __getitem__(self, i: int):
         image_path, depth_path = self.pairs[i]
         try:
-            image = read_image(image_path, self.channels)
+            image = read_image(image_path, self.channels, fix=unreadable_fix(self.on_error))
             depth = read_depth(depth_path, self.scale)
             if tuple(depth.shape) != tuple(image.shape[-2:]):
                 raise DataError(
@@ -173,11 +173,12 @@ def depth_pairs(cfg) -> Source:
     lists = {s: dd.get(f"{s}_list") for s in ("train", "val", "test")}
     if any(lists.values()):
         splits = {s: make(read_list(root / f, root)) for s, f in lists.items() if f}
-        return Source(classes=[], splits=splits)
+        return Source(classes=[], splits=splits, split_home="the file list that data.depth.{split}_list names")
     if (root / "train").is_dir():
         splits = {s: make(folder_pairs(root / s, dd.image_dir, dd.depth_dir))
                   for s in ("train", "val", "test") if (root / s).is_dir()}
-        return Source(classes=[], splits=splits)
+        return Source(classes=[], splits=splits, split_home=f"the folder '{root / '{split}'}' (with "
+                      f"{dd.image_dir}/ and {dd.depth_dir}/ inside)")
     pool = make(folder_pairs(root, dd.image_dir, dd.depth_dir))
     return Source(classes=[], pool=pool, targets=[0] * len(pool))
 
@@ -192,7 +193,7 @@ class ShapesDepth(ShapesScenes):
 
 
 @SHAPES_VIEWS.register("depth")
-def shapes_depth(cfg, root: Path) -> Source:
+def shapes_depth(cfg, root: Path | None) -> Source:
     """Depth on the shapes scenes, split like classification (stratified by the main object)."""
-    pool = ShapesDepth(root, cfg.data.channels)
-    return Source(classes=[], pool=pool, targets=[r["label"] for r in pool.records])
+    pool = ShapesDepth(root, cfg.data.channels) if root else None  # None: the outline only
+    return Source(classes=[], pool=pool, targets=pool and [r["label"] for r in pool.records])

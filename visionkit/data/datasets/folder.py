@@ -48,7 +48,13 @@ SHAPES_DEFAULT_ROOT = "data/shapes"
 #: what the decoders read (torchvision's, and PIL for BMP), for "not a ... file" messages
 _FORMATS = "JPEG, PNG, WEBP, GIF or BMP"
 #: how to fix an unreadable training image (other readers, e.g. predict, pass their own)
-_SKIP_HINT = "replace or delete the file (or set on_error='skip' to drop unreadable images)"
+_SKIP_HINT = "replace or delete the file (or set data.on_error=skip to drop unreadable images)"
+
+
+def unreadable_fix(on_error: str) -> str:
+    """The end of an unreadable data file's message: with ``data.on_error=skip`` the file is
+    dropped already, so the line says only how to get it back."""
+    return "replace or delete the file" if on_error == "skip" else _SKIP_HINT
 # torchvision's decoders read these directly; BMP has no torchvision decoder, so it goes to PIL.
 _PIL_ONLY = (".bmp",)
 # Only the PNG and JPEG decoders honour ImageReadMode.GRAY (WEBP/GIF warn or ignore it), so the
@@ -269,7 +275,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         path, label = self.samples[index]
         try:
-            image = read_image(path, self.channels)
+            image = read_image(path, self.channels, fix=unreadable_fix(self.on_error))
         except DataError as error:
             if self.on_error != "skip":
                 raise

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from visionkit.data.build import Source, target_kind
-from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image
+from visionkit.data.datasets.folder import IMAGE_EXTENSIONS, read_image, unreadable_fix
 from visionkit.data.datasets.sources import ShapesScenes
 from visionkit.data.datasets.synthetic import SHAPE_CLASSES, render_semantic
 from visionkit.errors import ConfigError, DataError
@@ -146,7 +146,7 @@ class SegmentationPairs(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         image_path, label_path = self.pairs[index]
         try:
-            image = read_image(image_path, self.channels)
+            image = read_image(image_path, self.channels, fix=unreadable_fix(self.on_error))
             label = check_label(read_label(label_path, self.lookup), tuple(image.shape[-2:]),
                                 self.num_classes, self.ignore_index, label_path)
         except DataError:
@@ -229,12 +229,14 @@ def segmentation_folder(cfg) -> Source:
         if "train" not in lists:
             raise DataError(f"no split list '{root / s.split_lists / 'train.txt'}'; check data.segmentation.split_lists")
         splits = {k: SegmentationPairs(pairs_from_list(root, p, s), n, **kw) for k, p in lists.items()}
-        return Source(classes=list(s.classes), splits=splits, info=info)
+        return Source(classes=list(s.classes), splits=splits, info=info,
+                      split_home=f"the list '{root / s.split_lists / '{split}.txt'}'")
     image_dir, label_dir = root / s.images, root / s.labels
     if (image_dir / "train").is_dir() and (image_dir / "val").is_dir():
         splits = {k: SegmentationPairs(find_pairs(image_dir / k, label_dir / k, s), n, **kw)
                   for k in SPLIT_NAMES if (image_dir / k).is_dir()}
-        return Source(classes=list(s.classes), splits=splits, info=info)
+        return Source(classes=list(s.classes), splits=splits, info=info,
+                      split_home=f"the folders '{image_dir / '{split}'}' and '{label_dir / '{split}'}'")
     pool = SegmentationPairs(find_pairs(image_dir, label_dir, s), n, **kw)
     # no per-image class to stratify by without reading every map: a plain seeded split
     return Source(classes=list(s.classes), pool=pool, targets=[0] * len(pool), info=info)
@@ -255,7 +257,7 @@ class ShapesSemantic(ShapesScenes):
 
 
 @SHAPES_VIEWS.register("semantic")
-def shapes_segmentation(cfg, root: Path) -> Source:
+def shapes_segmentation(cfg, root: Path | None) -> Source:
     """Class 0 = background, 1..6 = the shape kinds (``SHAPES_SEGMENTATION_CLASSES``); split
     stratified by each scene's main shape, as classification splits it."""
     s = cfg.data.segmentation
@@ -263,8 +265,8 @@ def shapes_segmentation(cfg, root: Path) -> Source:
     if s.classes and list(s.classes) != classes:
         raise ConfigError(f"{cfg.source}: the shapes data set's classes are {classes}; "
                           "set data.segmentation.classes to null")
-    pool = ShapesSemantic(root, cfg.data.channels, cfg.model.head.ignore_index, s.ignore_boundaries)
-    return Source(classes=classes, pool=pool, targets=[r["label"] for r in pool.records],
+    pool = ShapesSemantic(root, cfg.data.channels, cfg.model.head.ignore_index, s.ignore_boundaries) if root else None
+    return Source(classes=classes, pool=pool, targets=pool and [r["label"] for r in pool.records],
                   info={"palette": parse_palette(s.palette, len(classes))})
 
 

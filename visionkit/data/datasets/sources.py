@@ -23,7 +23,8 @@ def image_folder(cfg) -> Source:
     if has_own_splits(root):
         splits = {name: ImageFolderDataset(p, **kw) for name, p in split_roots(root).items()}
         _need_two_classes(cfg, splits["train"])
-        return Source(classes=splits["train"].classes, splits=splits)
+        return Source(classes=splits["train"].classes, splits=splits,
+                      split_home=f"the folder '{root / '{split}'}' of class folders")
     pool = ImageFolderDataset(root, **kw)
     _need_two_classes(cfg, pool)
     return Source(classes=pool.classes, pool=pool, targets=pool.targets)
@@ -88,26 +89,47 @@ def shapes(cfg) -> Source:
     maps, depth) of the same scenes through the view registered for them in ``SHAPES_VIEWS``.
     """
     d = cfg.data
-    root = ensure_shapes(d.root, d.synth.num_images, d.synth.size, d.synth.seed)
+    view = _shapes_view(cfg)  # a task the scenes have no targets for fails before generating
+    fix = (f"point data.root at another folder for these settings (e.g. data.root={d.root}-{d.synth.num_images}-"
+           f"{d.synth.size}px-seed{d.synth.seed}) or delete '{d.root}' to generate it anew")
+    root = ensure_shapes(d.root, d.synth.num_images, d.synth.size, d.synth.seed, keys="data.synth.", fix=fix)
+    return view(cfg, Path(root))
+
+
+def shapes_outline(cfg) -> Source:
+    """The shapes data set's classes and info (what building a model needs) without generating or
+    reading its scenes: ``visionkit info`` and ``config show`` write nothing."""
+    return _shapes_view(cfg)(cfg, None)
+
+
+shapes.outline = shapes_outline  # build_source(cfg, write=False) asks for it
+
+
+def _shapes_view(cfg):
     kind = target_kind(cfg)
     if kind not in SHAPES_VIEWS:
         raise DataError(f"the shapes data set has no targets for task '{cfg.task}' ({kind}); it has "
                         f"{', '.join(SHAPES_VIEWS)}")
-    return SHAPES_VIEWS.get(kind)(cfg, Path(root))
+    return SHAPES_VIEWS.get(kind)
 
 
 @SHAPES_VIEWS.register("label")
-def shapes_labels(cfg, root: Path) -> Source:
-    """The scenes in the ImageFolder layout: one folder per main shape."""
+def shapes_labels(cfg, root: Path | None) -> Source:
+    """The scenes in the ImageFolder layout: one folder per main shape (sorted, as SHAPE_CLASSES is);
+    ``root`` None: the classes alone."""
+    if root is None:
+        return Source(classes=list(SHAPE_CLASSES))
     pool = ImageFolderDataset(root, channels=cfg.data.channels, on_error=cfg.data.on_error)
     return Source(classes=pool.classes, pool=pool, targets=pool.targets)
 
 
 @SHAPES_VIEWS.register("multi_label")
-def shapes_multi_labels(cfg, root: Path) -> Source:
+def shapes_multi_labels(cfg, root: Path | None) -> Source:
     """The ImageFolder layout with every shape kind in the scene as a multi-hot label; split by
     the main shape, as single-label classification splits it."""
     src = shapes_labels(cfg, root)
+    if root is None:
+        return src
     pool = src.pool
     images = load_annotations(root)
     # annotation kinds index SHAPE_CLASSES; folder labels index the sorted folder names

@@ -364,16 +364,20 @@ def _read_meta(out: Path) -> dict | None:
         raise ShapesDataError(f"{path} is unreadable ({err}); delete {out} to regenerate it") from err
 
 
-def _check_meta(out: Path, found: dict, wanted: dict) -> None:
-    """Raise, naming ``out`` and each differing parameter, unless ``found`` is what is wanted."""
+_FIX = "use another directory or delete this one"
+
+
+def _check_meta(out: Path, found: dict, wanted: dict, keys: str = "", fix: str = _FIX) -> None:
+    """Raise, naming ``out`` and each differing parameter (``keys`` before its name: how the caller's
+    user sets it) and ending with ``fix``, unless ``found`` is what is wanted."""
     if found.get("generator") != GENERATOR:
         raise ShapesDataError(f"{out} holds a data set from generator {found.get('generator')!r}, "
                               f"not {GENERATOR!r}; choose another directory")
-    diffs = [f"{key}={found.get(key)!r} (requested {value!r})"
+    diffs = [f"{keys}{key}={found.get(key)!r} (requested {value!r})"
              for key, value in wanted.items() if key != "classes" and found.get(key) != value]
     if diffs:
         raise ShapesDataError(f"{out} already holds a shapes data set made with other parameters: "
-                              f"{', '.join(diffs)}; use another directory or delete this one")
+                              f"{', '.join(diffs)}; {fix}")
 
 
 @contextlib.contextmanager
@@ -461,16 +465,18 @@ def _generate_into(out: Path, meta: dict, progress: bool) -> None:
     os.replace(marker, out / "meta.json")  # atomic: the data set is complete from here on
 
 
-def ensure_shapes(root: str | Path, num_images: int = 3000, size: int = 64, seed: int = 0) -> Path:
+def ensure_shapes(root: str | Path, num_images: int = 3000, size: int = 64, seed: int = 0, *,
+                  keys: str = "", fix: str = _FIX) -> Path:
     """Return ``root`` holding the shapes data set with these parameters, generating it if needed.
 
-    Reuses a matching root, raises :class:`ShapesDataError` naming ``root`` on a mismatch, and
-    prints one line before generating so a first run's pause is explained.
+    Reuses a matching root, raises :class:`ShapesDataError` naming ``root`` on a mismatch (each
+    parameter as ``keys`` + its name, then ``fix``: the caller's words), and prints one line before
+    generating so a first run's pause is explained.
     """
     root = Path(root)
     found = _read_meta(root)
     if found is not None:
-        _check_meta(root, found, _meta(num_images, size, seed))
+        _check_meta(root, found, _meta(num_images, size, seed), keys, fix)
         return root
     print(f"generating shapes data set ({num_images} images, {size} px) into {root}", flush=True)
     return generate_shapes(root, num_images, size, seed)

@@ -30,7 +30,7 @@ def default_hooks(cfg, *, main: bool, has_val: bool) -> list[Hook]:
         hooks.append(EMA(t.ema.decay, t.ema.every, t.ema.warmup))
     hooks += [NonFiniteGuard(t.on_nonfinite, t.max_nonfinite_steps), BadSamples()]
     if main:
-        hooks += [MetricsWriter(t.log_every), Console(t.progress and sys.stderr.isatty())]
+        hooks += [MetricsWriter(t.log_every), Console(t.progress, sys.stderr.isatty(), t.log_every)]
     if has_val:
         hooks.append(BestCheckpoint(t.early_stopping))
     hooks += [CheckpointHook(t.checkpoint_every_steps), SignalStop()]

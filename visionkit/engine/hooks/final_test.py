@@ -12,10 +12,14 @@ class FinalTest(Hook):
     """Loads ``best.pt`` (when there is one) into the evaluation weights, scores the test split
     through ``trainer.test()`` and writes ``test_metrics.json``. Not run after a signal stop."""
 
+    def before_fit(self, trainer) -> None:
+        if "test" not in trainer.datasets:  # said when it can still be fixed, not hours later
+            trainer.log(f"note: train.final_test is on, but {trainer.source.no_split('test')}; this run will "
+                        "train and validate only")
+
     def after_train(self, trainer) -> None:
         if "test" not in trainer.datasets:
-            trainer.log("note: train.final_test is on but the data set has no test split; nothing was "
-                        "tested (give the data a test split, then use visionkit eval --split test)")
+            trainer.log("note: no final test: the data set has no test split (see the note at the start)")
             return
         best = trainer.run_dir / "checkpoints" / "best.pt"
         if best.exists():

@@ -99,16 +99,24 @@ class MetricsWriter(Hook):
 
 
 class Console(Hook):
-    """The run's lines on the console (where it is, the device, one line per epoch and validation)
-    and, on a terminal, a progress bar per epoch."""
+    """The run's lines on the console: where it is and on what device; then, per epoch, one lasting
+    train line (the mean of each loss term over the epoch, the last lr, images/s, the share of the
+    time spent waiting for data) followed by that epoch's validation line. ``progress`` draws a bar
+    per epoch on a terminal (cleared before each lasting line, so none is glued to it); without a
+    terminal (CI logs, nohup) a plain progress line every ``log_every`` steps stands in for it."""
 
     #: above this share of the step time spent waiting for batches, the epoch line says so
     SLOW_INPUT = 0.3
 
-    def __init__(self, progress: bool):
-        self.progress = progress
+    def __init__(self, progress: bool, terminal: bool = True, log_every: int = 10):
+        self.bar_on = progress and terminal
+        self.lines_every = log_every if progress and not terminal else 0
         self.bar = None
-        self.totals = {"images": 0, "time": 0.0, "data_wait": 0.0}
+        self.totals = self._zero()
+
+    @staticmethod
+    def _zero() -> dict:
+        return {"images": 0, "time": 0.0, "data_wait": 0.0, "steps": 0, "loss": 0.0, "terms": {}, "lr": None}
 
     def before_fit(self, trainer) -> None:
         log, cfg = trainer.log, trainer.cfg
@@ -121,7 +129,8 @@ class Console(Hook):
                 f"global batch, {cfg.data.batch_size // trainer.group.world} per process")
 
     def before_epoch(self, trainer) -> None:
-        if self.progress:
+        self.totals = self._zero()
+        if self.bar_on:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=trainer.steps_per_epoch, initial=trainer.step_in_epoch,
@@ -133,27 +142,43 @@ class Console(Hook):
         t["images"] += logs["batch_size"]
         t["time"] += logs["time"]
         t["data_wait"] += logs["data_wait"]
+        t["steps"] += 1
+        t["loss"] += logs["loss"]
+        for k, v in logs["losses"].items():
+            t["terms"][k] = t["terms"].get(k, 0.0) + v
+        t["lr"] = logs["lr"]
+        rate = logs["batch_size"] / max(logs["time"], 1e-9)
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.3g}",
-                                 img_s=f"{logs['batch_size'] / max(logs['time'], 1e-9):.0f}",
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.3g}", img_s=f"{rate:.0f}",
                                  data=f"{logs['data_wait'] / max(logs['time'], 1e-9):.0%}")
+        elif self.lines_every and t["steps"] % self.lines_every == 0:
+            trainer.log(f"epoch {trainer.epoch + 1}/{trainer.cfg.train.epochs} step {trainer.step_in_epoch}/"
+                        f"{trainer.steps_per_epoch}: loss {logs['loss']:.4f}, lr {logs['lr']:.3g}, "
+                        f"{_rate(rate)} images/s")
 
-    def after_epoch(self, trainer) -> None:
-        t, self.totals = self.totals, {"images": 0, "time": 0.0, "data_wait": 0.0}
-        if t["time"] > 0:
-            share = t["data_wait"] / t["time"]
-            hint = (" -- the input is the bottleneck: raise data.num_workers, keep data.cache on, "
-                    "or use smaller image files") if share > self.SLOW_INPUT else ""
-            rate = t["images"] / t["time"]
-            rate = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"  # a slow run's 0.55 is not "0"
-            trainer.log(f"epoch {trainer.epoch}/{trainer.cfg.train.epochs} train: {rate} images/s, "
-                        f"{share:.0%} of the time waiting for data{hint}")
+    def _train_line(self, trainer) -> None:
+        """The epoch's lasting train line, once: when its validation starts reporting, or at its end."""
         self._close_bar()
+        t, self.totals = self.totals, self._zero()
+        if not t["steps"] or t["time"] <= 0:
+            return
+        n = t["steps"]
+        share = t["data_wait"] / t["time"]
+        hint = (" -- the input is the bottleneck: raise data.num_workers, keep data.cache on, "
+                "or use smaller image files") if share > self.SLOW_INPUT else ""
+        terms = ", ".join(f"{k} {v / n:.4f}" for k, v in t["terms"].items())
+        trainer.log(f"epoch {trainer.epoch}/{trainer.cfg.train.epochs} train: loss {t['loss'] / n:.4f} ({terms}), "
+                    f"lr {t['lr']:.3g}, {_rate(t['images'] / t['time'])} images/s, "
+                    f"{share:.0%} of the time waiting for data{hint}")
 
     def after_validate(self, trainer, split, metrics, vis) -> None:
+        self._train_line(trainer)  # validation runs before after_epoch: the train line comes first
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k)
         trainer.log(f"epoch {trainer.epoch}/{trainer.cfg.train.epochs} {split}: {shown}")
+
+    def after_epoch(self, trainer) -> None:
+        self._train_line(trainer)
 
     def after_fit(self, trainer) -> None:
         self._close_bar()
@@ -162,3 +187,7 @@ class Console(Hook):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _rate(rate: float) -> str:
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"  # a slow run's 0.55 is not "0"
