@@ -170,6 +170,14 @@ def test_aux_logits_is_refused_on_a_backbone_without_auxiliary_classifiers(make_
         TASKS.get("classification").from_config(cfg, {"classes": ["a", "b"]})
 
 
+def test_stem_tap_and_stage_shapes():
+    net = BACKBONES.build("googlenet", out_stages=["stem", "conv3", "inception5"]).eval()
+    with torch.no_grad():
+        feats = net(torch.randn(1, 3, 64, 96))
+    assert {k: tuple(v.shape[1:]) for k, v in feats.items()} == {
+        "stem": (64, 32, 48), "conv3": (192, 16, 24), "inception5": (1024, 2, 3)}
+
+
 def test_aux_classifiers_need_their_stage_returned():
     with pytest.raises(ValueError, match="aux1 \\(after inception4a\\).*ends at 'inception3'"):
         BACKBONES.build("googlenet", aux_classes=3, out_stages=["inception3"])

@@ -25,10 +25,10 @@ from torchvision.models.googlenet import BasicConv2d, Inception, InceptionAux
 from visionkit.models.backbones.base import Backbone, PoolLinear, convert_norms
 from visionkit.registry import BACKBONES
 
-#: stage name -> (max-pool before it as (kernel, stride) or None, its Inception blocks as
+#: stage name -> (the max-pool before it as (kernel, stride), its Inception blocks as
 #: (name, in, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj)); torchvision's table, which
 #: is the paper's Table 1
-STAGES: dict[str, tuple[tuple[int, int] | None, tuple[tuple, ...]]] = {
+STAGES: dict[str, tuple[tuple[int, int], tuple[tuple, ...]]] = {
     "inception3": ((3, 2), (
         ("inception3a", 192, 64, 96, 128, 16, 32, 32),
         ("inception3b", 256, 128, 128, 192, 32, 96, 64),
