@@ -27,6 +27,9 @@ from visionkit.registry import BACKBONES
 NAMES = BACKBONES.names()
 TORCHVISION = [n for n in NAMES if n in set(torchvision.models.list_models())]
 SMALL = 12_000_000  # parameters; larger models skip the option tests (see option_cases)
+#: torchvision builder options giving the model our default build is: GoogLeNet without its
+#: auxiliary classifiers (ours builds them only on request; its weights are all loaded below)
+REFERENCE_OPTIONS = {"googlenet": {"aux_logits": False, "init_weights": False}}
 
 
 class Classifier(nn.Module):
@@ -108,7 +111,7 @@ def test_too_small_input_names_the_minimum(name):
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_parameter_count_equals_torchvision(name):
     with torch.device("meta"):
-        reference = torchvision.models.get_model(name, weights=None)
+        reference = torchvision.models.get_model(name, weights=None, **REFERENCE_OPTIONS.get(name, {}))
         head = default_meta(name).build_classifier(1000)
     assert n_params(default_meta(name), head) == n_params(reference)
 
@@ -234,7 +237,7 @@ def random_reference(name: str) -> nn.Module:
     tiled from one random pool at its own offset, weights scaled by 1/sqrt(fan-in) so activations
     stay finite, BN variances made positive."""
     with torch.device("meta"):
-        model = torchvision.models.get_model(name, weights=None)
+        model = torchvision.models.get_model(name, weights=None, **REFERENCE_OPTIONS.get(name, {}))
     model = model.to_empty(device="cpu")
     pool = torch.randn(65_537, generator=torch.Generator().manual_seed(0))
     tensors = list(model.named_parameters()) + list(model.named_buffers())

@@ -14,7 +14,7 @@ CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rg
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_recipe_validates_and_builds(path):
     cfg = load_config(path)
-    backbone = build_backbone(cfg)
+    backbone = build_backbone(cfg, aux_classes=2)  # the class count a classification task gives (aux_logits)
     assert backbone.min_input_size <= cfg.data.image_size
 
 

@@ -145,6 +145,9 @@ def base_schema() -> dict:
                 "out_stages": Field([str], None, nullable=True),
                 "frozen_stages": Field(int, -1, min=-1),
                 "norm": Field(str, "batch", choices=("batch", "frozen_batch", "group", "sync_batch")),
+                "aux_logits": Field(bool, False, help="GoogLeNet's auxiliary classifiers (after inception4a "
+                                    "and 4d), trained at loss weight 0.3 by task classification; not run at "
+                                    "eval or export"),
             },
             "head": {},  # filled from the task's head_schema
         },

@@ -109,13 +109,14 @@ def load_backbone_weights(backbone_or_model: nn.Module, spec: str, *, skip: Iter
     pairs = _to_target_names(state, target, backbone, own_layout, backbone_only=report.backbone_only)
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
     own = target.state_dict()
+    unbuilt = _unbuilt_parts(target, backbone)
     to_load: dict[str, torch.Tensor] = {}
     for key, name in pairs.items():
         tensor = state[key]
         if _matches(key, skip) or (name is not None and _matches(name, skip)):
             report.skipped.append(key)
-        elif name is None:
-            report.skipped.append(key)  # a head/classifier the target does not have
+        elif name is None or _matches(name, unbuilt):
+            report.skipped.append(key)  # a head/classifier or optional part the target does not have
         elif name in own and own[name].shape != tensor.shape:
             report.mismatched.append(f"{name}: {tuple(tensor.shape)} -> {tuple(own[name].shape)}")
         elif name in own:
@@ -226,6 +227,13 @@ def _to_target_names(state, target: nn.Module, backbone: Backbone, own_layout: b
     names = dict(zip(keys, keys)) if own_layout else dict(zip(keys, map_torchvision_keys(state, backbone)))
     has_head = any(n.startswith("head.") for n in target.state_dict())
     return {k: (None if n.startswith("head.") and not has_head else n) for k, n in names.items()}
+
+
+def _unbuilt_parts(target: nn.Module, backbone: Backbone) -> tuple[str, ...]:
+    """The backbone's optional parts (say GoogLeNet's ``aux1``) it was built without, named as in
+    ``target``: a file's keys for them are skipped."""
+    prefix = "" if target is backbone else "backbone."
+    return tuple(f"{prefix}{p}" for p in backbone.optional_parts if not isinstance(getattr(backbone, p, None), nn.Module))
 
 
 def _differs(recorded: str | None, wanted: str | None) -> bool:

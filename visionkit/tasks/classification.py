@@ -2,6 +2,8 @@
 
 Single-label: softmax cross-entropy with optional label smoothing (Szegedy et al. 2016, sec. 7).
 Multi-label: one sigmoid per class with binary cross-entropy; targets are multi-hot vectors.
+A backbone with auxiliary classifiers (GoogLeNet with ``model.backbone.aux_logits``) adds each
+one's loss, the same criterion on its logits, at weight 0.3 (Szegedy et al. 2015, sec. 5).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
 from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
+
+#: weight of each auxiliary classifier's loss (Szegedy et al. 2015, sec. 5)
+AUX_WEIGHT = 0.3
 
 
 @TASKS.register("classification")
@@ -49,7 +54,7 @@ class ClassificationTask(Task):
     def from_config(cls, cfg, data_info: dict) -> ClassificationTask:
         classes = data_info["classes"]
         cls.check_num_classes(cfg, classes)
-        backbone = build_backbone(cfg)
+        backbone = build_backbone(cfg, aux_classes=len(classes))  # used with model.backbone.aux_logits
         if cfg.data.image_size < backbone.min_input_size:  # the network input is exactly this size
             raise ConfigError(
                 f"{cfg.where('data.image_size')}: 'data.image_size' is {cfg.data.image_size}, but "
@@ -83,16 +88,39 @@ class ClassificationTask(Task):
             return [f"multi-hot labels must be {n} values of 0 or 1, got shape {tuple(labels.shape)}"]
         return []
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _logits(self, images: torch.Tensor, with_aux: bool = False):
+        """Class logits, and with ``with_aux`` also the backbone's auxiliary logits by name (only
+        in training; eval-mode backbones do not run them)."""
         feats = self.backbone(images)
-        return self.head(feats[next(reversed(feats))])
+        aux = {name: feats.pop(name) for name in self.backbone.aux_outputs if name in feats}
+        logits = self.head(feats[next(reversed(feats))])
+        return (logits, aux) if with_aux else logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, C)``."""
+        return self._logits(images)
+
+    def compile_targets(self) -> list[nn.Module]:
+        """With auxiliary classifiers ``loss`` calls backbone and head without ``forward``."""
+        return [self.backbone, self.head] if self.backbone.aux_outputs else [self]
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        logits = self(batch["images"])
+        """``loss_ce`` (``loss_bce`` multi-label), and ``loss_aux1``, ``loss_aux2`` (already weighted
+        by :data:`AUX_WEIGHT`) when the backbone has auxiliary classifiers."""
+        if self.backbone.aux_outputs:
+            logits, aux = self._logits(batch["images"], with_aux=True)
+        else:
+            logits, aux = self(batch["images"]), {}
         labels = batch["labels"]
+        losses = {"loss_bce" if self.multi_label else "loss_ce": self._criterion(logits, labels)}
+        for name, aux_logits in aux.items():
+            losses[f"loss_{name}"] = AUX_WEIGHT * self._criterion(aux_logits, labels)
+        return losses
+
+    def _criterion(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
-            return {"loss_bce": F.binary_cross_entropy_with_logits(logits, labels.float())}
-        return {"loss_ce": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
     @torch.no_grad()
     def predict(self, batch: dict) -> dict:

@@ -86,6 +86,9 @@ class Backbone(nn.Module):
     min_input_size: int = 1
     #: first components of torchvision state-dict keys that belong to the classifier, not to us
     classifier_prefixes: tuple[str, ...] = ()
+    #: submodules the family builds only when asked (GoogLeNet's auxiliary classifiers): a weights
+    #: file's keys for one this model did not build are skipped, not refused
+    optional_parts: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,6 +98,7 @@ class Backbone(nn.Module):
         self._stage_names: list[str] = []
         self._stage_modules: dict[str, list[str]] = {}
         self._all_specs: dict[str, FeatureSpec] = {}
+        self._aux: dict[str, str] = {}  # submodule path -> the auxiliary classifier reading it
         self.out_stages: list[str] = []
         self.frozen_stages = -1
 
@@ -120,6 +124,17 @@ class Backbone(nn.Module):
         self._stage_modules[name] = list(modules)
         self._all_specs[name] = FeatureSpec(int(channels), int(stride))
 
+    def add_aux(self, name: str, after: str) -> None:
+        """Declare the auxiliary classifier ``name`` (a submodule) on the output of the stage
+        submodule ``after``: in training ``forward`` also returns its logits under ``name``
+        (deep supervision, Szegedy et al. 2015, sec. 5); in eval mode it is not run."""
+        self._aux[after] = name
+
+    @property
+    def aux_outputs(self) -> list[str]:
+        """Names of the auxiliary logits ``forward`` adds in training (none for most families)."""
+        return list(self._aux.values())
+
     def finish(self, out_stages: Sequence[str] | None, frozen_stages: int = -1) -> None:
         """Select the returned stages and freeze: -1 nothing, 0 the stem, k the stem and k stages."""
         names = self._stage_names
@@ -136,6 +151,14 @@ class Backbone(nn.Module):
             raise BackboneBuildError(
                 f"{type(self).__name__}: frozen_stages={frozen_stages} must be in -1..{len(names)}"
                 " (-1 freezes nothing, 0 the stem, k the stem and the first k stages)"
+            )
+        last = self.out_stages[-1]  # forward runs the stages up to it
+        ran = [] if last == self.STEM else [p for n in names[: names.index(last) + 1] for p in self._stage_modules[n]]
+        unread = [f"{aux} (after {after})" for after, aux in self._aux.items() if after not in ran]
+        if unread:
+            raise BackboneBuildError(
+                f"{type(self).__name__}: the auxiliary classifiers {', '.join(unread)} need the stage that "
+                f"holds them, but out_stages ends at '{last}'"
             )
         self.frozen_stages = frozen_stages
         self._freeze()
@@ -181,6 +204,8 @@ class Backbone(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The ``out_stages`` features, shallow to deep, and in training the logits of the
+        auxiliary classifiers under :attr:`aux_outputs` (before the stage that holds them)."""
         self.check_input(x)
         out: dict[str, torch.Tensor] = {}
         last = self.out_stages[-1]
@@ -193,6 +218,8 @@ class Backbone(nn.Module):
         for name in self._stage_names:
             for path in self._stage_modules[name]:
                 x = self.get_submodule(path)(x)
+                if self.training and path in self._aux:
+                    out[self._aux[path]] = self.get_submodule(self._aux[path])(x)
             if name in self.out_stages:
                 out[name] = x
             if name == last:

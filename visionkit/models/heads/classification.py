@@ -24,7 +24,7 @@ class ClassificationSettings:
     name: str = option("auto", choices=head_choices("classification"),
                        help="auto: the backbone family's own head; linear: pool + fc")
     dropout: float | None = option(None, min=0, max=1,
-                                   help="null: the family's own (0.5 in VGG/AlexNet, 0 elsewhere)")
+                                   help="null: the family's own (0.5 in VGG/AlexNet, 0.2 in GoogLeNet, 0 elsewhere)")
     label_smoothing: float = option(0.0, min=0, max=1)
     multi_label: bool = option(False)
 
