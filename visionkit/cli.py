@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the resolved config")
     _add_config(show)
+    keys = csub.add_parser("keys", help="every config key: type, default, allowed values, help")
+    keys.add_argument("--task", help="only the keys a config of this task has (default: every task's)")
+    keys.add_argument("--markdown", action="store_true", help="print Markdown tables (docs/config-keys.md)")
 
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -195,6 +198,16 @@ def cmd_info(args) -> int:
 def cmd_config(args) -> int:
     from visionkit.config import load_config
 
+    if args.config_command == "keys":
+        from visionkit.config_keys import keys_markdown, keys_text
+        from visionkit.registry import TASKS
+
+        if args.task and args.task not in TASKS.names():
+            from visionkit.errors import ConfigError
+
+            raise ConfigError(f"config keys --task: {TASKS.unknown_message(args.task)}")
+        print(keys_markdown(args.task) if args.markdown else keys_text(args.task), end="")
+        return 0
     print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0
 

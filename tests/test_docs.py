@@ -1,0 +1,79 @@
+"""The docs a user reads: generated references match the code, links lead somewhere, README stays short."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from conftest import run_cli as run
+
+from visionkit.cli import build_parser
+from visionkit.config_keys import REGENERATE, cli_markdown, keys_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+def _differs(name: str, generated: str) -> str | None:
+    committed = (DOCS / name).read_text()
+    if committed == generated:
+        return None
+    for i, (a, b) in enumerate(zip(committed.splitlines(), generated.splitlines(), strict=False), 1):
+        if a != b:
+            return f"docs/{name} line {i} is\n  {a}\nbut the code generates\n  {b}"
+    return f"docs/{name} and the generated page differ in length"
+
+
+def test_the_key_reference_is_what_the_schema_generates():
+    problem = _differs("config-keys.md", keys_markdown())
+    assert problem is None, f"{problem}\nrun `{REGENERATE}` and commit docs/config-keys.md"
+
+
+def test_the_cli_reference_is_what_the_parser_generates():
+    problem = _differs("cli.md", cli_markdown(build_parser()))
+    assert problem is None, f"{problem}\nrun `{REGENERATE}` and commit docs/cli.md"
+
+
+def test_a_changed_help_text_changes_the_generated_reference(monkeypatch):
+    """The check above can fail: a key whose help changes no longer matches the committed page."""
+    from visionkit import schema
+
+    original = schema.base_schema
+
+    def changed():
+        tree = original()
+        tree["train"]["epochs"].help = "a help text nobody committed"
+        return tree
+
+    monkeypatch.setattr("visionkit.config_keys.base_schema", changed)
+    assert _differs("config-keys.md", keys_markdown()) is not None
+
+
+def test_config_keys_on_the_command_line():
+    r = run("config", "keys", "--task", "depth")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"data\.depth\.format +str = nyu .*one of: nyu, kitti", r.stdout)
+    assert "model.head.name" in r.stdout and "data.segmentation" not in r.stdout
+    r = run("config", "keys", "--markdown")
+    assert r.returncode == 0 and r.stdout == (DOCS / "config-keys.md").read_text()
+    r = run("config", "keys", "--task", "detect")
+    assert r.returncode == 2 and "unknown task 'detect'" in r.stderr and "detection" in r.stderr
+
+
+def test_every_relative_link_points_at_a_file_that_exists():
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # code blocks hold no links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a web address or an anchor on the same page
+            path = (page.parent / target.split("#")[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
+def test_readme_stays_short():
+    lines = len((ROOT / "README.md").read_text().splitlines())
+    assert lines <= 300, f"README.md has {lines} lines; move detail to a page under docs/"
