@@ -77,3 +77,16 @@ def test_every_relative_link_points_at_a_file_that_exists():
 def test_readme_stays_short():
     lines = len((ROOT / "README.md").read_text().splitlines())
     assert lines <= 300, f"README.md has {lines} lines; move detail to a page under docs/"
+
+
+def test_the_complete_configs_in_your_own_data_are_valid(tmp_path):
+    """Each page's config is complete as printed: it loads and validates (its data is the user's)."""
+    from visionkit.config import load_config
+
+    blocks = re.findall(r"```yaml\n(task: .*?)```", (DOCS / "your-own-data.md").read_text(), re.DOTALL)
+    assert len(blocks) == 4
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"config{i}.yaml"
+        path.write_text(block)
+        cfg = load_config(path)
+        assert cfg.task == block.split()[1]

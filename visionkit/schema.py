@@ -194,7 +194,7 @@ def base_schema() -> dict:
                                    help="NHWC weights and batches; auto: on CUDA (tensor-core convolutions)"),
             "compile": Field(bool, False, help="torch.compile what each step runs with one shape "
                              "(Task.compile_targets); a minute or more to compile; measured on "
-                             "classification on a GPU, README row 8"),
+                             "classification on a GPU, docs/performance.md row 8"),
             "accumulate": Field(int, 1, min=1),
             "sync_bn": Field(bool, False, help="under torchrun: BatchNorm statistics over the global batch"),
             "scale_lr": Field(str, "none", choices=("none", "linear", "sqrt"),

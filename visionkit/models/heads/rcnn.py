@@ -209,7 +209,7 @@ class _AlignedMaskTransform(GeneralizedRCNNTransform):
     and down: torchvision's mask targets (``project_masks_on_boxes``: RoIAlign with
     ``aligned=False``) read the ground truth there, so that is where a trained mask belongs.
     On small images half a pixel is a large share of an object's edge, so both matter most there
-    (README, Detection).
+    (docs/detection.md).
     """
 
     def resize(self, image, target=None):
