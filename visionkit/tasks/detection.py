@@ -45,6 +45,44 @@ _LIMITS = {  # extra checks on the RCNNSettings fields, by name
 }
 
 
+_HELP = {  # what each RCNNSettings field does; torchvision's maskrcnn_resnet50_fpn value where it differs
+    "fpn_channels": "pyramid width (tv: 256)",
+    "extra_pool": "a max-pooled top level, used by the RPN",
+    "anchor_scales": "anchor side = scale x the level's stride (tv: [8])",
+    "anchor_ratios": "anchor aspect ratios (height / width)",
+    "rpn_fg_iou": "RPN: anchors above this IoU are foreground",
+    "rpn_bg_iou": "RPN: anchors below this IoU are background",
+    "rpn_batch_size_per_image": "RPN: anchors sampled per image for its loss (tv: 256)",
+    "rpn_positive_fraction": "RPN: foreground share of the sampled anchors",
+    "rpn_pre_nms_top_n_train": "training: proposals kept per level before NMS (tv: 2000)",
+    "rpn_post_nms_top_n_train": "training: proposals kept per image after NMS (tv: 2000)",
+    "rpn_pre_nms_top_n_test": "inference: proposals kept per level before NMS (tv: 1000)",
+    "rpn_post_nms_top_n_test": "inference: proposals kept per image after NMS (tv: 1000)",
+    "rpn_nms_thresh": "RPN: NMS IoU threshold",
+    "rpn_score_thresh": "RPN: least objectness score kept",
+    "box_roi_size": "the box head's RoIAlign output side",
+    "roi_sampling_ratio": "the box head's RoIAlign samples per bin side (tv: 2)",
+    "box_representation": "the box head's fc width (tv: 1024)",
+    "box_fg_iou": "training: RoIs above this IoU are foreground",
+    "box_bg_iou": "training: RoIs below this IoU are background",
+    "box_batch_size_per_image": "training: RoIs sampled per image (tv: 512)",
+    "box_positive_fraction": "training: foreground share of the sampled RoIs (also bounds the mask RoIs)",
+    "box_score_thresh": "inference: least detection score kept",
+    "box_nms_thresh": "inference: NMS IoU threshold per class",
+    "detections_per_img": "inference: most detections per image (tv: 100)",
+    "box_convs": "3x3 convs (fpn_channels wide) before one fc layer; 0: two fc layers, as torchvision's",
+    "mask_roi_size": "the mask head's RoIAlign output side (masks are twice this)",
+    "mask_sampling_ratio": "the mask head's RoIAlign samples per bin side; 1 scores checkpoints trained "
+                           "before this key as they were trained",
+    "mask_convs": "the mask head's 3x3 convs; a checkpoint trained with 2 x 64 loads with mask_convs=2 "
+                  "mask_channels=64",
+    "mask_channels": "the mask head's width (tv: 256)",
+    "fpn_norm": "norm after the FPN's convs (tv: none; its _v2 model: batch)",
+    "head_norm": "norm after the mask head's and a conv box head's 3x3 convs (tv: none)",
+    "roi_canonical_scale": "FPN level rule for RoIs, k = 4 + log2(sqrt(wh) / this) (Lin et al. eq. 1)",
+    "size_divisible": "images are padded to a multiple of this",
+}
+
 def _settings_schema() -> dict:
     out = {}
     for f in dataclasses.fields(RCNNSettings):
@@ -57,7 +95,7 @@ def _settings_schema() -> dict:
             limits["max"] = 1
         if f.name.endswith("_norm"):
             limits["choices"] = NORMS
-        out[f.name] = Field(kind, default, **limits)
+        out[f.name] = Field(kind, default, help=_HELP.get(f.name, ""), **limits)
     # the image size follows data.image_size unless set
     out["min_size"] = Field(int, None, nullable=True, min=8, help="null: data.image_size")
     out["max_size"] = Field(int, None, nullable=True, min=8, help="null: min_size * 1333 / 800")
