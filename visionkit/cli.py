@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score a checkpoint on the val or test split")
     _add_config(p)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a .pt file (a run's checkpoints/best.pt, ...)")
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--output", help="metrics JSON (default: <run dir>/eval_<split>.json)")
 
@@ -76,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_command", required=True)
     synth = dsub.add_parser("synth", help="generate a built-in synthetic data set")
     synth.add_argument("name", choices=("shapes",))
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--num-images", type=_at_least(1), default=3000)
-    synth.add_argument("--size", type=_at_least(16), default=64)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="folder to write (root/<class>/<00000>.png)")
+    synth.add_argument("--num-images", type=_at_least(1), default=3000, help="scenes to generate")
+    synth.add_argument("--size", type=_at_least(16), default=64, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed writes the same scenes")
     synth.add_argument("--coco", action="store_true",
                        help="also write COCO instances json (annotations/instances_<split>.json)")
     check = dsub.add_parser("check", help="decode every sample and validate its targets; exit 1 on problems")
