@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared check for a lent GPU machine (README, Performance: "On a GPU"), one call per mode:
+# The prepared check for a lent GPU machine (docs/performance.md, "A GPU machine"), one call per mode:
 #   bash tools/gpu_check.sh ap      row 5 at equal epochs: the shapes Mask R-CNN recipe's epochs (5)
 #                                   with our head defaults and with torchvision's, side by side
 #                                   (about 6 min on an H200)

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score a checkpoint on the val or test split")
     _add_config(p)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a .pt file (a run's checkpoints/best.pt, ...)")
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--output", help="metrics JSON (default: <run dir>/eval_<split>.json)")
 
@@ -70,15 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the resolved config")
     _add_config(show)
+    keys = csub.add_parser("keys", help="every config key: type, default, allowed values, help")
+    keys.add_argument("--task", help="only the keys a config of this task has (default: every task's)")
+    keys.add_argument("--markdown", action="store_true", help="print Markdown tables (docs/config-keys.md)")
 
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     synth = dsub.add_parser("synth", help="generate a built-in synthetic data set")
     synth.add_argument("name", choices=("shapes",))
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--num-images", type=_at_least(1), default=3000)
-    synth.add_argument("--size", type=_at_least(16), default=64)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="folder to write (root/<class>/<00000>.png)")
+    synth.add_argument("--num-images", type=_at_least(1), default=3000, help="scenes to generate")
+    synth.add_argument("--size", type=_at_least(16), default=64, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed writes the same scenes")
     synth.add_argument("--coco", action="store_true",
                        help="also write COCO instances json (annotations/instances_<split>.json)")
     check = dsub.add_parser("check", help="decode every sample and validate its targets; exit 1 on problems")
@@ -207,6 +210,16 @@ def cmd_info(args) -> int:
 def cmd_config(args) -> int:
     from visionkit.config import load_config
 
+    if args.config_command == "keys":
+        from visionkit.config_keys import keys_markdown, keys_text
+        from visionkit.registry import TASKS
+
+        if args.task and args.task not in TASKS.names():
+            from visionkit.errors import ConfigError
+
+            raise ConfigError(f"config keys --task: {TASKS.unknown_message(args.task)}")
+        print(keys_markdown(args.task) if args.markdown else keys_text(args.task), end="")
+        return 0
     print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0
 

@@ -1,7 +1,7 @@
 """Name -> builder tables for everything a config can name.
 
-Only registered names build objects: a config never carries an import path (see README,
-"What survives what"). Registering a name twice is a programming error and fails at import.
+Only registered names build objects: a config never carries an import path (see docs/reliability.md,
+"what survives what"). Registering a name twice is a programming error and fails at import.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class SegmentationTask(Task):
     @classmethod
     def data_schema(cls) -> dict:
         """``data.segmentation``: where label maps live, their classes, palette and id table."""
-        return {"segmentation": {  # label maps (README, "Semantic segmentation")
+        return {"segmentation": {  # label maps (docs/segmentation.md)
             "classes": Field([str], None, nullable=True, help="class names in id order; null: the data set's"),
             "palette": Field([str], None, nullable=True, help="'#rrggbb' per class; null: VOC colour map"),
             "images": Field(str, "images", help="image folder below data.root"),

@@ -25,8 +25,8 @@ class ClassificationSettings:
                        help="auto: the backbone family's own head; linear: pool + fc")
     dropout: float | None = option(None, min=0, max=1,
                                    help="null: the family's own (0.5 in VGG/AlexNet, 0.2 in GoogLeNet, 0 elsewhere)")
-    label_smoothing: float = option(0.0, min=0, max=1)
-    multi_label: bool = option(False)
+    label_smoothing: float = option(0.0, min=0, max=1, help="softmax cross-entropy label smoothing")
+    multi_label: bool = option(False, help="one sigmoid per class, binary cross-entropy")
 
 
 @HEADS.register("classification.auto")

@@ -41,9 +41,10 @@ class DepthSettings:
 
     name: str = option("unet", choices=head_choices("depth"), help="unet: skip connections; fpn: pyramid sum")
     channels: int = option(32, min=4, help="decoder width at stride 4 (doubles deeper, up to 4x)")
-    loss: str = option("silog", choices=LOSSES)
+    loss: str = option("silog", choices=LOSSES,
+                       help="on valid pixels: l1, silog (Eigen et al. 2014), berhu (Laina et al. 2016)")
     silog_lambda: float = option(0.85, min=0, max=1, help="1: fully scale invariant")
-    silog_scale: float = option(10.0, min=0)
+    silog_scale: float = option(10.0, min=0, help="silog: scale of the loss (as in BTS)")
     berhu_threshold: float = option(0.2, min=0, max=1, help="c = threshold * max |error|")
 
 

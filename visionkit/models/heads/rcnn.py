@@ -61,47 +61,61 @@ class RCNNSettings:
     """
 
     fpn_channels: int = option(64, "pyramid width (torchvision: 256)", min=1)
-    extra_pool: bool = option(True, "a stride-2 pooled level on top of the pyramid, for the RPN only")
+    extra_pool: bool = option(True, "a max-pooled top level, used by the RPN")
     # (option() returns a dataclasses.field with a default_factory for lists, which RUF009 cannot see)
-    anchor_scales: list[float] = option([2.0, 4.0], "anchor sizes in units of the level's stride (torchvision: [8])",  # noqa: RUF009
-                                        min=0.01)
-    anchor_ratios: list[float] = option([0.5, 1.0, 2.0], "anchor aspect ratios", min=0.01)  # noqa: RUF009
-    rpn_fg_iou: float = option(0.7, min=0, max=1)
-    rpn_bg_iou: float = option(0.3, min=0, max=1)
-    rpn_batch_size_per_image: int = option(64, "anchors sampled per image (torchvision: 256)", min=0)
-    rpn_positive_fraction: float = option(0.5, min=0, max=1)
-    rpn_pre_nms_top_n_train: int = option(256, "per level (torchvision: 2000)", min=0)
-    rpn_post_nms_top_n_train: int = option(128, "torchvision: 2000", min=0)
-    rpn_pre_nms_top_n_test: int = option(128, "per level (torchvision: 1000)", min=0)
-    rpn_post_nms_top_n_test: int = option(64, "torchvision: 1000", min=0)
-    rpn_nms_thresh: float = option(0.7, min=0, max=1)
-    rpn_score_thresh: float = option(0.0, min=0, max=1)
-    box_roi_size: int = option(7, min=1)
+    anchor_scales: list[float] = option(  # noqa: RUF009
+        [2.0, 4.0], "anchor side = scale x the level's stride (torchvision: [8])", min=0.01)
+    anchor_ratios: list[float] = option(  # noqa: RUF009
+        [0.5, 1.0, 2.0], "anchor aspect ratios (height / width)", min=0.01)
+    rpn_fg_iou: float = option(0.7, "RPN: anchors above this IoU are foreground", min=0, max=1)
+    rpn_bg_iou: float = option(0.3, "RPN: anchors below this IoU are background", min=0, max=1)
+    rpn_batch_size_per_image: int = option(64, "RPN: anchors sampled per image for its loss (torchvision: 256)",
+                                           min=0)
+    rpn_positive_fraction: float = option(0.5, "RPN: foreground share of the sampled anchors", min=0, max=1)
+    rpn_pre_nms_top_n_train: int = option(
+        256, "training: proposals kept per level before NMS (torchvision: 2000)", min=0)
+    rpn_post_nms_top_n_train: int = option(
+        128, "training: proposals kept per image after NMS (torchvision: 2000)", min=0)
+    rpn_pre_nms_top_n_test: int = option(
+        128, "inference: proposals kept per level before NMS (torchvision: 1000)", min=0)
+    rpn_post_nms_top_n_test: int = option(
+        64, "inference: proposals kept per image after NMS (torchvision: 1000)", min=0)
+    rpn_nms_thresh: float = option(0.7, "RPN: NMS IoU threshold", min=0, max=1)
+    rpn_score_thresh: float = option(0.0, "RPN: least objectness score kept", min=0, max=1)
+    box_roi_size: int = option(7, "the box head's RoIAlign output side", min=1)
     # on a CPU RoIAlign's backward dominates a training step, and its cost grows with the square of this
-    roi_sampling_ratio: int = option(1, "the box head's bilinear samples per RoI bin side (torchvision: 2)", min=-1)
-    box_representation: int = option(256, "box head width (torchvision: 1024)", min=1)
-    box_fg_iou: float = option(0.5, min=0, max=1)
-    box_bg_iou: float = option(0.5, min=0, max=1)
-    box_batch_size_per_image: int = option(64, "RoIs sampled per image (torchvision: 512)", min=0)
-    box_positive_fraction: float = option(0.25, min=0, max=1)
-    box_score_thresh: float = option(0.05, min=0, max=1)
-    box_nms_thresh: float = option(0.5, min=0, max=1)
-    detections_per_img: int = option(20, "torchvision: 100", min=1)
-    box_convs: int = option(0, "3x3 convs before the box head's one fc layer; 0: two fc layers (as torchvision)", min=0)
-    mask_roi_size: int = option(14, min=1)
+    roi_sampling_ratio: int = option(1, "the box head's RoIAlign samples per bin side (torchvision: 2)", min=-1)
+    box_representation: int = option(256, "the box head's fc width (torchvision: 1024)", min=1)
+    box_fg_iou: float = option(0.5, "training: RoIs above this IoU are foreground", min=0, max=1)
+    box_bg_iou: float = option(0.5, "training: RoIs below this IoU are background", min=0, max=1)
+    box_batch_size_per_image: int = option(64, "training: RoIs sampled per image (torchvision: 512)", min=0)
+    box_positive_fraction: float = option(
+        0.25, "training: foreground share of the sampled RoIs (also bounds the mask RoIs)", min=0, max=1)
+    box_score_thresh: float = option(0.05, "inference: least detection score kept", min=0, max=1)
+    box_nms_thresh: float = option(0.5, "inference: NMS IoU threshold per class", min=0, max=1)
+    detections_per_img: int = option(20, "inference: most detections per image (torchvision: 100)", min=1)
+    box_convs: int = option(
+        0, "3x3 convs (fpn_channels wide) before one fc layer; 0: two fc layers, as torchvision's", min=0)
+    mask_roi_size: int = option(14, "the mask head's RoIAlign output side (masks are twice this)", min=1)
     # 2 reads every stride-4 cell under a RoI wider than 14 cells, where 1 skips about every other one
-    mask_sampling_ratio: int = option(2, "the mask head's RoIAlign samples per bin side (as torchvision)", min=-1)
+    mask_sampling_ratio: int = option(
+        2, "the mask head's RoIAlign samples per bin side; 1 scores checkpoints trained before this key as "
+        "they were trained", min=-1)
     # four 3x3 convs as torchvision's, narrower: about the cost of two at 64 wide, with sharper masks
-    mask_convs: int = option(4, min=0)
-    mask_channels: int = option(48, "mask head width (torchvision: 256)", min=1)
-    # trained from scratch the heads learn faster with a norm (torchvision's maskrcnn_resnet50_fpn_v2 uses batch)
-    fpn_norm: str = option("batch", "norm after the FPN's convs (torchvision: none)", choices=NORMS)
-    head_norm: str = option("batch", "norm after the RoI heads' 3x3 convs (torchvision: none)", choices=NORMS)
-    roi_canonical_scale: int = option(224, "the FPN level rule k = 4 + log2(sqrt(wh) / 224), eq. (1) of Lin et al.",
-                                      min=1)
+    mask_convs: int = option(
+        4, "the mask head's 3x3 convs; a checkpoint trained with 2 x 64 loads with mask_convs=2 "
+        "mask_channels=64", min=0)
+    mask_channels: int = option(48, "the mask head's width (torchvision: 256)", min=1)
+    # trained from scratch the heads learn faster with a norm
+    fpn_norm: str = option("batch", "norm after the FPN's convs (torchvision: none; its _v2 model: batch)",
+                           choices=NORMS)
+    head_norm: str = option(
+        "batch", "norm after the mask head's and a conv box head's 3x3 convs (torchvision: none)", choices=NORMS)
+    roi_canonical_scale: int = option(
+        224, "FPN level rule for RoIs, k = 4 + log2(sqrt(wh) / this) (Lin et al. eq. 1)", min=1)
     min_size: int = option(64, min=0)
     max_size: int = option(107, min=0)
-    size_divisible: int = option(32, min=1)
+    size_divisible: int = option(32, "images are padded to a multiple of this", min=1)
 
 
 class BackboneFPN(nn.Module):
@@ -208,7 +222,7 @@ class _AlignedMaskTransform(GeneralizedRCNNTransform):
     and down: torchvision's mask targets (``project_masks_on_boxes``: RoIAlign with
     ``aligned=False``) read the ground truth there, so that is where a trained mask belongs.
     On small images half a pixel is a large share of an object's edge, so both matter most there
-    (README, Detection).
+    (docs/detection.md).
     """
 
     def resize(self, image, target=None):

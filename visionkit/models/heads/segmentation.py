@@ -41,7 +41,8 @@ from visionkit.registry import HEADS, NECKS
 class SegmentationSettings:
     """``model.head`` of ``task: segmentation``: the head, its auxiliary head, the loss and inference."""
 
-    name: str = option("semantic_fpn", choices=head_choices("segmentation"))
+    name: str = option("semantic_fpn", choices=head_choices("segmentation"),
+                       help="fcn, deeplabv3 (ASPP) on the deepest stage; semantic_fpn over every stage")
     num_classes: int | None = option(None, min=1, help="null: from the data set")
     channels: int | None = option(None, min=1,
                                   help="head width; null: deeplabv3 256 (ASPP), semantic_fpn 128")
@@ -55,14 +56,15 @@ class SegmentationSettings:
     refine_channels: int | None = option(None, min=1, help="refine: fusion width; null: channels")
     aux: bool = option(False, help="auxiliary FCN head on a shallower stage (training only)")
     aux_stage: str | None = option(None, help="null: the stage before the deepest")
-    aux_weight: float = option(0.4, min=0)
+    aux_weight: float = option(0.4, min=0, help="the auxiliary head's loss weight")
     ignore_index: int = option(255, min=0, max=255, help="label value left out of loss and scores")
     class_weights: list[float] | None = option(None, min=0,  # noqa: RUF009
                                                help="cross-entropy weight per class")
     dice_weight: float = option(0.0, min=0, help="weight of the soft Dice loss term")
     boundary_weight: float = option(1.0, min=0,
                                     help="cross-entropy weight of pixels within 1 px of a label change (1: off)")
-    inference: str = option("whole", choices=("whole", "slide"))
+    inference: str = option("whole", choices=("whole", "slide"),
+                            help="slide: window-by-window logits, averaged (large images)")
     window: int | None = option(None, min=8, help="slide: window side; null: data.image_size")
     stride: int | None = option(None, min=1, help="slide: step; null: 2/3 of the window")
 
