@@ -15,7 +15,7 @@ from visionkit.errors import VisionKitError
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", help="YAML config file, or a shipped config's name (visionkit config list)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
 
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the resolved config")
     _add_config(show)
+    csub.add_parser("list", help="the shipped configs, each with its description (train one by its name)")
 
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -195,6 +196,15 @@ def cmd_info(args) -> int:
 def cmd_config(args) -> int:
     from visionkit.config import load_config
 
+    if args.config_command == "list":
+        from visionkit.config_names import list_shipped, shipped_dir
+
+        rows = list_shipped()
+        width = max(len(n) for n, _ in rows)
+        for name, text in rows:
+            print(f"{name:<{width}}  {text}")
+        print(f"({shipped_dir()}; `visionkit train NAME` trains one, `visionkit config show NAME` prints it)")
+        return 0
     print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0
 
