@@ -202,8 +202,7 @@ def detection(root: Path, machine: Machine) -> Starter:
     found = [f"{len(names)} categories: {_names(names)}",
              f"{len(images)} training images, typically {h}x{w} px, {len(anns)} annotations"
              + ("" if masks else " (boxes only: Faster R-CNN)"),
-             f"splits: {', '.join(k for k in ('train', 'val', 'test') if k in splits)} "
-             f"({', '.join(splits[k][0].name for k in ('train', 'val', 'test') if k in splits)})"]
+             "splits: " + ", ".join(f"{k} ({splits[k][0].name})" for k in ("train", "val", "test") if k in splits)]
     head = "mask_rcnn" if masks else "faster_rcnn"
     body = f"""task: detection
 
