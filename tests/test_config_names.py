@@ -36,6 +36,8 @@ def test_a_shipped_config_is_found_by_name_from_another_folder(tmp_path):
     r = run_cli("config", "show", "detection/mask_rcnn_resnet18_fpn_shapes.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "task: detection" in r.stdout
+    r = run_cli("config", "show", "configs/quickstart.yaml", cwd=tmp_path)  # the README's spelling
+    assert r.returncode == 0 and "name: resnet18_w32" in r.stdout
     assert list(tmp_path.iterdir()) == []  # showing a config writes nothing
 
 

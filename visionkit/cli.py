@@ -111,11 +111,6 @@ def cmd_train(args) -> int:
     resume, overrides = args.resume, list(args.overrides)
     if args.task or args.data:
         return _train_from_data(args, overrides)
-    if not args.config:
-        from visionkit.errors import ConfigError
-
-        raise ConfigError("train needs a config (a file or a shipped name: `visionkit config list`), "
-                          "or --task TASK --data FOLDER for a starter config of your data")
     if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
         # `--resume key=value ...`: argparse hands the first override to --resume's optional PATH
         resume, overrides = True, [resume, *overrides]
@@ -258,7 +253,7 @@ def cmd_config(args) -> int:
         from visionkit.config_names import list_shipped, shipped_dir
 
         rows = list_shipped()
-        width = max(len(n) for n, _ in rows)
+        width = max((len(n) for n, _ in rows), default=0)
         for name, text in rows:
             print(f"{name:<{width}}  {text}")
         print(f"({shipped_dir()}; `visionkit train NAME` trains one, `visionkit config show NAME` prints it)")
@@ -350,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.debug = debug
     _check_output_paths(parser, args)
+    if args.command == "train" and not (args.config or args.task or args.data):
+        parser.error("train needs a config (a file, or a shipped config's name: `visionkit config list`), "
+                     "or --task TASK --data FOLDER to train on your data with a starter config")
     try:
         code = COMMANDS[args.command](args)
         if code == 0 and "visionkit.engine.distributed" in sys.modules:  # under torchrun: leave together

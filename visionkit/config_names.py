@@ -4,8 +4,8 @@ The recipes live in the checkout's top-level ``configs/`` (the layout people kno
 with the package as ``visionkit/configs/`` (package data: see ``setup.py``), so both a checkout
 (editable install) and a plain ``pip install`` find them. A config argument is a path when that
 file exists, else a name under the shipped folder: ``quickstart``,
-``detection/mask_rcnn_resnet18_fpn_shapes`` (``.yaml`` optional) or a file name that only one
-shipped config has. A ``_base_`` that is not beside its file is looked up the same way, so a copy
+``detection/mask_rcnn_resnet18_fpn_shapes`` (``.yaml`` optional, and ``configs/`` in front as in a
+checkout) or a file name that only one shipped config has. A ``_base_`` that is not beside its file is looked up the same way, so a copy
 of a recipe works wherever it is copied.
 """
 
@@ -51,8 +51,8 @@ def find_shipped(name: str) -> Path | None:
     """The shipped file ``name`` names (``a/b``, ``a/b.yaml``, or a base name only one file has)."""
     files = shipped_files()
     key = _strip(name.replace("\\", "/")).lstrip("/")
-    while key.startswith(("./", "../")):  # a relative _base_ path, e.g. ../_base_/runtime.yaml
-        key = key.split("/", 1)[1]
+    while key.startswith(("./", "../", "configs/")):  # ../_base_/runtime.yaml; configs/quickstart.yaml
+        key = key.split("/", 1)[1]                      # typed outside a checkout
     if key in files:
         return files[key]
     tail = [p for n, p in files.items() if n.endswith("/" + key)]
