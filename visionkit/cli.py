@@ -15,7 +15,7 @@ from visionkit.errors import VisionKitError
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", help="YAML config file, or a shipped config's name (visionkit config list)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
 
@@ -36,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model from a config")
-    _add_config(p)
+    p = sub.add_parser("train", help="train a model from a config, or from --task and --data alone")
+    p.add_argument("config", nargs="?", help="YAML config file, or a shipped config's name (visionkit config list)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    p.add_argument("--task", help="without a config: the task of a starter config for --data "
+                   "(as `visionkit config init TASK --data PATH` writes)")
+    p.add_argument("--data", help="with --task: the folder of your data")
     p.add_argument("--run-dir", help="run directory (default: runs/<config>/<time>)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
                    help="continue --run-dir from its last checkpoint, or from PATH")
@@ -73,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys = csub.add_parser("keys", help="every config key: type, default, allowed values, help")
     keys.add_argument("--task", help="only the keys a config of this task has (default: every task's)")
     keys.add_argument("--markdown", action="store_true", help="print Markdown tables (docs/config-keys.md)")
+    csub.add_parser("list", help="the shipped configs, each with its description (train one by its name)")
+    init = csub.add_parser("init", help="write a commented config for your data, sized for this machine")
+    init.add_argument("task", help="classification, detection, segmentation or depth")
+    init.add_argument("--data", required=True, help="the folder of your data (layout: docs, 'your own data')")
+    init.add_argument("--out", help="the config file to write (default: <task>_<data folder>.yaml here); "
+                      "an existing file is never overwritten")
 
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -104,10 +114,44 @@ def cmd_train(args) -> int:
     from visionkit import api
 
     resume, overrides = args.resume, list(args.overrides)
+    if args.task or args.data:
+        return _train_from_data(args, overrides)
     if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
         # `--resume key=value ...`: argparse hands the first override to --resume's optional PATH
         resume, overrides = True, [resume, *overrides]
     trainer = api.train(args.config, overrides, run_dir=args.run_dir, resume=resume)
+    return _report(trainer)
+
+
+def _train_from_data(args, overrides: list[str]) -> int:
+    """``train --task T --data PATH [key=value ...]``: the starter config of ``config init``,
+    written to a temporary file (the run directory keeps it resolved, as config.yaml)."""
+    import tempfile
+
+    from visionkit import api
+    from visionkit.config_init import default_out, starter_text
+    from visionkit.errors import ConfigError
+
+    if not (args.task and args.data):
+        raise ConfigError(f"train {'--task' if args.task else '--data'} needs "
+                          f"{'--data FOLDER' if args.task else '--task TASK'} too")
+    if args.config:  # argparse hands the first override to the optional config
+        if "=" not in args.config or Path(args.config).exists():
+            raise ConfigError("train takes a config or --task/--data, not both")
+        overrides = [args.config, *overrides]
+    if args.resume:
+        raise ConfigError("--resume continues a run from its own config: `visionkit train RUN_DIR/config.yaml "
+                          "--run-dir RUN_DIR --resume`")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / default_out(args.task, args.data)
+        path.write_text(starter_text(args.task, args.data))
+        print(f"config: the starter for {args.task} on {args.data} (write it with `visionkit config init "
+              f"{args.task} --data {args.data}`; the run directory keeps it as config.yaml)")
+        trainer = api.train(path, overrides, run_dir=args.run_dir)
+    return _report(trainer)
+
+
+def _report(trainer) -> int:
     if not trainer.group.is_main:  # under torchrun rank 0 reports for the group
         return 0
     if trainer.last_metrics:
@@ -220,6 +264,25 @@ def cmd_config(args) -> int:
             raise ConfigError(f"config keys --task: {TASKS.unknown_message(args.task)}")
         print(keys_markdown(args.task) if args.markdown else keys_text(args.task), end="")
         return 0
+    if args.config_command == "init":
+        import shlex
+
+        from visionkit.config_init import init_config
+
+        path, cfg = init_config(args.task, args.data, args.out)
+        print(f"wrote {path} ({cfg.task}, backbone {cfg.model.backbone.name}, {cfg.train.epochs} epochs); "
+              "read its comments, then train with:")
+        print(f"  visionkit train {shlex.quote(str(path))}")
+        return 0
+    if args.config_command == "list":
+        from visionkit.config_names import list_shipped, shipped_dir
+
+        rows = list_shipped()
+        width = max((len(n) for n, _ in rows), default=0)
+        for name, text in rows:
+            print(f"{name:<{width}}  {text}")
+        print(f"({shipped_dir()}; `visionkit train NAME` trains one, `visionkit config show NAME` prints it)")
+        return 0
     print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0
 
@@ -307,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.debug = debug
     _check_output_paths(parser, args)
+    if args.command == "train" and not (args.config or args.task or args.data):
+        parser.error("train needs a config (a file, or a shipped config's name: `visionkit config list`), "
+                     "or --task TASK --data FOLDER to train on your data with a starter config")
     try:
         from visionkit.advice import config_advice
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from visionkit.config_names import resolve_base, resolve_config
 from visionkit.errors import ConfigError
 from visionkit.registry import close_matches
 from visionkit.schema import flatten, validate  # noqa: F401  (flatten: also read from here)
@@ -113,9 +114,7 @@ def _load_tree(path: Path, origins: dict, stack: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: _base_ must be a relative path or a list of them")
     merged: dict = {}
     for b in bases:
-        base_path = path.parent / b
-        if not base_path.exists():
-            raise ConfigError(f"{path}: _base_ file '{b}' not found (looked at {base_path})")
+        base_path = resolve_base(b, path.parent, path)  # beside the file, else a shipped config
         if not base_path.is_file():
             raise ConfigError(f"{path}: _base_ '{b}' is a folder ({base_path}); name a YAML file in it")
         _merge(merged, _load_tree(base_path, origins, (*stack, key)), origins, str(base_path))
@@ -203,7 +202,7 @@ class Config(dict):
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Load ``path`` with its ``_base_`` chain, apply ``key=value`` overrides, validate, fill defaults."""
-    path, overrides = Path(path), list(overrides)
+    path, overrides = resolve_config(path), list(overrides)  # a file, else a shipped config's name
     origins: dict[str, str] = {}
     raw = _load_tree(path, origins)
     if not raw and not overrides:  # a file saved empty by mistake would train every default

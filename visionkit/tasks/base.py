@@ -64,6 +64,9 @@ class Task(nn.Module):
     renamed_head_keys: ClassVar[dict[str, str]] = {}
     #: drawings enlarge small images by a whole factor up to this many pixels, to be legible
     drawing_side: ClassVar[int] = 128
+    #: ``visionkit config init``: (data root, Machine) -> Starter, a config for the user's data laid
+    #: out as this task's reader expects (visionkit.tasks.starters); None: not offered
+    starter: ClassVar[Callable | None] = None
 
     def set_normalization(self, mean, std) -> None:
         """Pixel mean/std (0..1 scale) applied by :meth:`preprocess` (not saved in state dicts)

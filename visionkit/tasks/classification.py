@@ -23,6 +23,7 @@ from visionkit.models.build import build_backbone
 from visionkit.models.heads.classification import ClassificationSettings
 from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
+from visionkit.tasks import starters
 from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
 
@@ -33,6 +34,7 @@ AUX_WEIGHT = 0.3
 @TASKS.register("classification")
 class ClassificationTask(Task):
     monitor = ("accuracy", "max")
+    starter = staticmethod(starters.classification)
 
     settings = ClassificationSettings
     renamed_head_keys: ClassVar[dict[str, str]] = {"classifier": "name"}

@@ -30,6 +30,7 @@ from visionkit.models.heads.depth import DepthSettings, depth_loss
 from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
 from visionkit.schema import Field
+from visionkit.tasks import starters
 from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
 
@@ -52,6 +53,7 @@ def colorize(values: torch.Tensor, lo: float, hi: float, invalid: torch.Tensor |
 @TASKS.register("depth")
 class DepthTask(Task):
     monitor = ("abs_rel", "min")
+    starter = staticmethod(starters.depth)
 
     settings = DepthSettings
     renamed_head_keys: ClassVar[dict[str, str]] = {"decoder": "name"}

@@ -31,6 +31,7 @@ from visionkit.models.heads.rcnn import RCNNSettings
 from visionkit.models.heads.settings import build_head, head_choices
 from visionkit.registry import TASKS
 from visionkit.schema import Field
+from visionkit.tasks import starters
 from visionkit.tasks.base import Task, settings_schema
 
 _PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
@@ -40,6 +41,7 @@ _PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#
 class DetectionTask(Task):
     monitor = ("segm_AP", "max")
     drawing_side = 256  # boxes and their labels need more room than a class caption
+    starter = staticmethod(starters.detection)
     #: head keys added after the first release, with the value that builds the model from before them
     added_settings: ClassVar[dict] = {"model.head.fpn_norm": "none", "model.head.head_norm": "none", "model.head.box_convs": 0}
 

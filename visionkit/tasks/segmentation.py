@@ -35,6 +35,7 @@ from visionkit.models.heads.segmentation import (
 from visionkit.models.heads.settings import build_head
 from visionkit.registry import TASKS
 from visionkit.schema import Field
+from visionkit.tasks import starters
 from visionkit.tasks.base import ExportNormalize, Task
 from visionkit.visualize import denormalize
 
@@ -42,6 +43,7 @@ from visionkit.visualize import denormalize
 @TASKS.register("segmentation")
 class SegmentationTask(Task):
     monitor = ("mIoU", "max")
+    starter = staticmethod(starters.segmentation)
 
     @classmethod
     def data_schema(cls) -> dict:
