@@ -234,7 +234,9 @@ def test_bad_input_is_named(make_config, tmp_path, capsys):
 
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(big)
-    code, _, err = cli(capsys, "predict", static, big)
+    code, out, err = cli(capsys, "predict", static, big)  # skipped (the default), its reason listed
+    assert code == 1 and "exported for 32x32 images" in out and "--dynamic" in out and "could not be" in err
+    code, _, err = cli(capsys, "predict", static, big, "--on-error", "raise")
     assert code == 1 and "exported for 32x32 images" in err and "--dynamic" in err
 
 
