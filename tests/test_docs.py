@@ -51,15 +51,23 @@ def test_a_changed_help_text_changes_the_generated_reference(monkeypatch):
     assert _differs("config-keys.md", keys_markdown()) is not None
 
 
-def test_config_keys_on_the_command_line():
-    r = run("config", "keys", "--task", "depth")
-    assert r.returncode == 0, r.stderr
-    assert re.search(r"data\.depth\.format +str = nyu .*one of: nyu, kitti", r.stdout)
-    assert "model.head.name" in r.stdout and "data.segmentation" not in r.stdout
-    r = run("config", "keys", "--markdown")
-    assert r.returncode == 0 and r.stdout == (DOCS / "config-keys.md").read_text()
-    r = run("config", "keys", "--task", "detect")
-    assert r.returncode == 2 and "unknown task 'detect'" in r.stderr and "detection" in r.stderr
+def test_config_keys_on_the_command_line(capsys):
+    from visionkit.cli import main
+
+    def keys(*args) -> tuple[int, str, str]:  # the CLI in this process (a subprocess each costs seconds)
+        capsys.readouterr()
+        code = main(["config", "keys", *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, err = keys("--task", "depth")
+    assert code == 0, err
+    assert re.search(r"data\.depth\.format +str = nyu .*one of: nyu, kitti", out)
+    assert "model.head.name" in out and "data.segmentation" not in out
+    code, out, _ = keys("--markdown")
+    assert code == 0 and out == (DOCS / "config-keys.md").read_text()
+    code, _, err = keys("--task", "detect")
+    assert code == 2 and "unknown task 'detect'" in err and "detection" in err
 
 
 def test_every_relative_link_points_at_a_file_that_exists():
