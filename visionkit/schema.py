@@ -137,136 +137,151 @@ def base_schema() -> dict:
     """The keys every config shares; ``model.head`` comes from the task."""
     return {
         "task": Field(str, "classification", choices=TASKS.names, help="what the model learns"),
-        "model": {
-            "backbone": {
-                "name": Field(str, "resnet18", choices=BACKBONES.names,
-                              help="registered backbone (visionkit info lists them)"),
-                "weights": Field(str, None, nullable=True, help="file path or torchvision weights name"),
-                "weights_skip": Field([str], [], help="key prefixes allowed to mismatch when loading"),
-                "out_stages": Field([str], None, nullable=True,
-                                    help="stages the backbone returns; null: all"),
-                "frozen_stages": Field(int, -1, min=-1,
-                                       help="-1: none; 0: the stem; k: stem + k stages (norms in eval mode)"),
-                "norm": Field(str, "batch", choices=("batch", "frozen_batch", "group", "sync_batch"),
-                              help="the backbone's norm layers"),
-                "aux_logits": Field(bool, False, help="GoogLeNet's auxiliary classifiers (after inception4a "
-                                    "and 4d), trained at loss weight 0.3 by task classification; not run at "
-                                    "eval or export"),
-            },
-            "head": {},  # filled from the task's head_schema
+        "model": _model_schema(),
+        "data": _data_schema(),
+        "train": _train_schema(),
+    }
+
+
+def _model_schema() -> dict:
+    """``model``: the backbone's keys (the head's come from the task)."""
+    return {
+        "backbone": {
+            "name": Field(str, "resnet18", choices=BACKBONES.names,
+                          help="registered backbone (visionkit info lists them)"),
+            "weights": Field(str, None, nullable=True, help="file path or torchvision weights name"),
+            "weights_skip": Field([str], [], help="key prefixes allowed to mismatch when loading"),
+            "out_stages": Field([str], None, nullable=True,
+                                help="stages the backbone returns; null: all"),
+            "frozen_stages": Field(int, -1, min=-1,
+                                   help="-1: none; 0: the stem; k: stem + k stages (norms in eval mode)"),
+            "norm": Field(str, "batch", choices=("batch", "frozen_batch", "group", "sync_batch"),
+                          help="the backbone's norm layers"),
+            "aux_logits": Field(bool, False, help="GoogLeNet's auxiliary classifiers (after inception4a "
+                                "and 4d), trained at loss weight 0.3 by task classification; not run at "
+                                "eval or export"),
         },
-        "data": {
-            "dataset": Field(str, "shapes", choices=DATASETS.names,
-                             help="shapes: built in, generated on first use"),
-            "root": Field(str, "data/shapes", help="relative paths are taken from the working directory"),
-            "image_size": Field(int, 64, min=8, help="network input size (pixels)"),
-            "channels": Field(int, 3, choices=(1, 3), help="input channels; images are converted"),
-            "mean": Field([float], [0.485, 0.456, 0.406], help="normalisation mean, one value per channel"),
-            "std": Field([float], [0.229, 0.224, 0.225], help="normalisation std, one value per channel"),
-            "batch_size": Field(int, 64, min=1,
-                                help="the global training batch (split over torchrun processes)"),
-            "eval_batch_size": Field(int, None, nullable=True, min=1, help="null: batch_size"),
-            "num_workers": Field(int, 2, min=0),
-            "on_error": Field(str, "raise", choices=("raise", "skip"),
-                              help="raise: stop at a bad image; skip: replace it (bad_samples.jsonl)"),
-            "worker_timeout": Field(float, 300.0, min=0,
-                                    help="seconds a loader worker may take for one batch; 0: no limit"),
-            "cache": Field((bool, str), "auto", choices=("auto", True, False),
-                           help="keep decoded images in memory; auto: when they fit cache_limit_gb"),
-            "cache_limit_gb": Field(float, 2.0, min=0,
-                                    help="data.cache auto: the most memory the decoded images may take"),
-            "split": {
-                "ratios": Field([float], [8.0, 1.0, 1.0], length=3, min=0,
-                                help="train/val/test shares, when the data set has no splits of its own"),
-                "counts": Field([int], None, nullable=True, length=3, min=0,
-                                help="exact train/val/test sizes instead of ratios"),
-                "seed": Field(int, 0, help="seeds the split"),
-            },
-            "augment": {
-                "scale": Field([float], [0.5, 1.0], length=2, min=0.01, max=1.0,
-                               help="training crop: area range of the random resized crop"),
-                "ratio": Field([float], [0.75, 1.3333], length=2, min=0.01,
-                               help="training crop: aspect-ratio range"),
-                "hflip": Field(float, 0.5, min=0, max=1, help="horizontal-flip probability (training)"),
-                "resize_ratio": Field(float, 1.0, min=1.0,
-                                      help="evaluation: resize to image_size * this, then center-crop"),
-            },
-            "coco": {
-                "keep_empty": Field(bool, True, help="keep training images without annotations"),
-            },
-            "synth": {
-                "num_images": Field(int, 3000, min=10),
-                "size": Field(int, 64, min=16),
-                "seed": Field(int, 0),
-            },
+        "head": {},  # filled from the task's head_schema
+    }
+
+
+def _data_schema() -> dict:
+    """``data``: where the samples are and how they are read, split and augmented."""
+    return {
+        "dataset": Field(str, "shapes", choices=DATASETS.names,
+                         help="shapes: built in, generated on first use"),
+        "root": Field(str, "data/shapes", help="relative paths are taken from the working directory"),
+        "image_size": Field(int, 64, min=8, help="network input size (pixels)"),
+        "channels": Field(int, 3, choices=(1, 3), help="input channels; images are converted"),
+        "mean": Field([float], [0.485, 0.456, 0.406], help="normalisation mean, one value per channel"),
+        "std": Field([float], [0.229, 0.224, 0.225], help="normalisation std, one value per channel"),
+        "batch_size": Field(int, 64, min=1,
+                            help="the global training batch (split over torchrun processes)"),
+        "eval_batch_size": Field(int, None, nullable=True, min=1, help="null: batch_size"),
+        "num_workers": Field(int, 2, min=0),
+        "on_error": Field(str, "raise", choices=("raise", "skip"),
+                          help="raise: stop at a bad image; skip: replace it (bad_samples.jsonl)"),
+        "worker_timeout": Field(float, 300.0, min=0,
+                                help="seconds a loader worker may take for one batch; 0: no limit"),
+        "cache": Field((bool, str), "auto", choices=("auto", True, False),
+                       help="keep decoded images in memory; auto: when they fit cache_limit_gb"),
+        "cache_limit_gb": Field(float, 2.0, min=0,
+                                help="data.cache auto: the most memory the decoded images may take"),
+        "split": {
+            "ratios": Field([float], [8.0, 1.0, 1.0], length=3, min=0,
+                            help="train/val/test shares, when the data set has no splits of its own"),
+            "counts": Field([int], None, nullable=True, length=3, min=0,
+                            help="exact train/val/test sizes instead of ratios"),
+            "seed": Field(int, 0, help="seeds the split"),
         },
-        "train": {
-            "epochs": Field(int, 10, min=1, help="training epochs"),
-            "device": Field(str, "auto", help="auto, cpu, cuda or cuda:N"),
-            "amp": Field(str, "none", choices=("none", "bf16", "fp16", "auto"),
-                         help="auto: bf16 where the device computes it natively (AVX-512 BF16/AMX CPUs, "
-                              "bf16 CUDA cards), else none"),
-            "channels_last": Field((bool, str), "auto", choices=("auto", True, False),
-                                   help="NHWC weights and batches; auto: on CUDA (tensor-core convolutions)"),
-            "compile": Field(bool, False, help="torch.compile what each step runs with one shape "
-                             "(Task.compile_targets); pays off on a GPU, after a minute or more of compiling"),
-            "accumulate": Field(int, 1, min=1, help="gradient accumulation: batches per optimizer step"),
-            "sync_bn": Field(bool, False, help="under torchrun: BatchNorm statistics over the global batch"),
-            "scale_lr": Field(str, "none", choices=("none", "linear", "sqrt"),
-                              help="scale optimizer.lr by (batch_size x accumulate) / reference_batch"),
-            "reference_batch": Field(int, 256, min=1, help="the global batch optimizer.lr is given for"),
-            "clip_grad_norm": Field(float, None, nullable=True, min=0,
-                                    help="max gradient norm; null: no clipping"),
-            "seed": Field(int, 0, help="seeds weights, shuffling and augmentation"),
-            "deterministic": Field(bool, False, help="deterministic CUDA kernels (bitwise-repeatable "
-                                   "GPU runs, can be slower)"),
-            "optimizer": {
-                "name": Field(str, "sgd", choices=("sgd", "adam", "adamw"),
-                              help="optimizer (torch's fused kernels on CPU and CUDA)"),
-                "lr": Field(float, 0.1, min=0, help="learning rate (see train.scale_lr)"),
-                "momentum": Field(float, 0.9, min=0, max=1, help="sgd"),
-                "nesterov": Field(bool, False, help="sgd"),
-                "weight_decay": Field(float, 1e-4, min=0,
-                                      help="not on norms and biases unless norm_weight_decay"),
-                "betas": Field([float], [0.9, 0.999], length=2, min=0, max=1, help="adam, adamw"),
-                "norm_weight_decay": Field(bool, False, help="decay norms and biases too"),
-            },
-            "schedule": {
-                "name": Field(str, "cosine", choices=_lr_schedules,
-                              help="learning-rate schedule over the epochs"),
-                "warmup_epochs": Field(float, 0.0, min=0, help="linear warmup from warmup_factor x lr"),
-                "warmup_factor": Field(float, 0.1, min=0, max=1, help="the warmup's starting share of lr"),
-                "step_size": Field(int, 30, min=1, help="step: epochs between decays"),
-                "milestones": Field([int], [30, 60, 90], help="multistep: epochs at which lr decays"),
-                "gamma": Field(float, 0.1, min=0, help="step, multistep: decay factor"),
-                "power": Field(float, 0.9, min=0, help="poly: exponent"),
-                "min_lr": Field(float, 0.0, min=0, help="cosine: final lr"),
-            },
-            "val_every": Field(int, 1, min=1, help="validate every N epochs (and after the last)"),
-            "monitor": Field(str, "auto", help="val metric for best checkpoint and early stopping"),
-            "monitor_mode": Field(str, "auto", choices=("auto", "max", "min"),
-                                  help="auto: the task's own for its metric"),
-            "keep_checkpoints": Field(int, 3, min=1,
-                                      help="epoch and step checkpoint files kept, newest first"),
-            "checkpoint_every_steps": Field(int, None, nullable=True, min=1,
-                                            help="also checkpoint mid-epoch every N optimizer steps"),
-            "on_nonfinite": Field(str, "stop", choices=("stop", "skip"),
-                                  help="a NaN/Inf loss stops the run, or skips the batch"),
-            "max_nonfinite_steps": Field(int, 5, min=1,
-                                         help="with on_nonfinite skip: stop after this many in a row"),
-            "early_stopping": Field(int, None, nullable=True, min=1, help="patience in validations"),
-            "ema": {
-                "decay": Field(float, None, nullable=True, min=0, max=1,
-                               help="an exponential moving average of the weights, evaluated and saved as the "
-                                    "model (e.g. 0.999); null: off"),
-                "every": Field(int, 1, min=1, help="update the average every N optimizer steps"),
-                "warmup": Field(bool, False, help="ramp the decay up as min(decay, (1 + n) / (10 + n))"),
-            },
-            "final_test": Field(bool, False, help="score the test split once training ends"),
-            "log_every": Field(int, 10, min=1),
-            "vis_images": Field(int, 16, min=0),
-            "progress": Field(bool, True),
+        "augment": {
+            "scale": Field([float], [0.5, 1.0], length=2, min=0.01, max=1.0,
+                           help="training crop: area range of the random resized crop"),
+            "ratio": Field([float], [0.75, 1.3333], length=2, min=0.01,
+                           help="training crop: aspect-ratio range"),
+            "hflip": Field(float, 0.5, min=0, max=1, help="horizontal-flip probability (training)"),
+            "resize_ratio": Field(float, 1.0, min=1.0,
+                                  help="evaluation: resize to image_size * this, then center-crop"),
         },
+        "coco": {
+            "keep_empty": Field(bool, True, help="keep training images without annotations"),
+        },
+        "synth": {
+            "num_images": Field(int, 3000, min=10),
+            "size": Field(int, 64, min=16),
+            "seed": Field(int, 0),
+        },
+    }
+
+
+def _train_schema() -> dict:
+    """``train``: the loop, the optimizer, the schedule, checkpoints and logs."""
+    return {
+        "epochs": Field(int, 10, min=1, help="training epochs"),
+        "device": Field(str, "auto", help="auto, cpu, cuda or cuda:N"),
+        "amp": Field(str, "none", choices=("none", "bf16", "fp16", "auto"),
+                     help="auto: bf16 where the device computes it natively (AVX-512 BF16/AMX CPUs, "
+                          "bf16 CUDA cards), else none"),
+        "channels_last": Field((bool, str), "auto", choices=("auto", True, False),
+                               help="NHWC weights and batches; auto: on CUDA (tensor-core convolutions)"),
+        "compile": Field(bool, False, help="torch.compile what each step runs with one shape "
+                         "(Task.compile_targets); pays off on a GPU, after a minute or more of compiling"),
+        "accumulate": Field(int, 1, min=1, help="gradient accumulation: batches per optimizer step"),
+        "sync_bn": Field(bool, False, help="under torchrun: BatchNorm statistics over the global batch"),
+        "scale_lr": Field(str, "none", choices=("none", "linear", "sqrt"),
+                          help="scale optimizer.lr by (batch_size x accumulate) / reference_batch"),
+        "reference_batch": Field(int, 256, min=1, help="the global batch optimizer.lr is given for"),
+        "clip_grad_norm": Field(float, None, nullable=True, min=0,
+                                help="max gradient norm; null: no clipping"),
+        "seed": Field(int, 0, help="seeds weights, shuffling and augmentation"),
+        "deterministic": Field(bool, False, help="deterministic CUDA kernels (bitwise-repeatable "
+                               "GPU runs, can be slower)"),
+        "optimizer": {
+            "name": Field(str, "sgd", choices=("sgd", "adam", "adamw"),
+                          help="optimizer (torch's fused kernels on CPU and CUDA)"),
+            "lr": Field(float, 0.1, min=0, help="learning rate (see train.scale_lr)"),
+            "momentum": Field(float, 0.9, min=0, max=1, help="sgd"),
+            "nesterov": Field(bool, False, help="sgd"),
+            "weight_decay": Field(float, 1e-4, min=0,
+                                  help="not on norms and biases unless norm_weight_decay"),
+            "betas": Field([float], [0.9, 0.999], length=2, min=0, max=1, help="adam, adamw"),
+            "norm_weight_decay": Field(bool, False, help="decay norms and biases too"),
+        },
+        "schedule": {
+            "name": Field(str, "cosine", choices=_lr_schedules,
+                          help="learning-rate schedule over the epochs"),
+            "warmup_epochs": Field(float, 0.0, min=0, help="linear warmup from warmup_factor x lr"),
+            "warmup_factor": Field(float, 0.1, min=0, max=1, help="the warmup's starting share of lr"),
+            "step_size": Field(int, 30, min=1, help="step: epochs between decays"),
+            "milestones": Field([int], [30, 60, 90], help="multistep: epochs at which lr decays"),
+            "gamma": Field(float, 0.1, min=0, help="step, multistep: decay factor"),
+            "power": Field(float, 0.9, min=0, help="poly: exponent"),
+            "min_lr": Field(float, 0.0, min=0, help="cosine: final lr"),
+        },
+        "val_every": Field(int, 1, min=1, help="validate every N epochs (and after the last)"),
+        "monitor": Field(str, "auto", help="val metric for best checkpoint and early stopping"),
+        "monitor_mode": Field(str, "auto", choices=("auto", "max", "min"),
+                              help="auto: the task's own for its metric"),
+        "keep_checkpoints": Field(int, 3, min=1,
+                                  help="epoch and step checkpoint files kept, newest first"),
+        "checkpoint_every_steps": Field(int, None, nullable=True, min=1,
+                                        help="also checkpoint mid-epoch every N optimizer steps"),
+        "on_nonfinite": Field(str, "stop", choices=("stop", "skip"),
+                              help="a NaN/Inf loss stops the run, or skips the batch"),
+        "max_nonfinite_steps": Field(int, 5, min=1,
+                                     help="with on_nonfinite skip: stop after this many in a row"),
+        "early_stopping": Field(int, None, nullable=True, min=1, help="patience in validations"),
+        "ema": {
+            "decay": Field(float, None, nullable=True, min=0, max=1,
+                           help="an exponential moving average of the weights, evaluated and saved as the "
+                                "model (e.g. 0.999); null: off"),
+            "every": Field(int, 1, min=1, help="update the average every N optimizer steps"),
+            "warmup": Field(bool, False, help="ramp the decay up as min(decay, (1 + n) / (10 + n))"),
+        },
+        "final_test": Field(bool, False, help="score the test split once training ends"),
+        "log_every": Field(int, 10, min=1),
+        "vis_images": Field(int, 16, min=0),
+        "progress": Field(bool, True),
     }
 
 
